@@ -1,0 +1,17 @@
+.PHONY: setup run test lint format
+
+setup:
+	bash scripts/setup.sh
+
+# The main job: the live webcam overlay window (without a camera it says how to run on a file, URL or page).
+run: setup
+	.venv/bin/stream-detector webcam $(ARGS)
+
+test: setup
+	bash scripts/setup_test_system.sh
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+format:
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

@@ -1,0 +1,118 @@
+"""Face detection with MediaPipe Tasks (BlazeFace), in VIDEO mode for streams and IMAGE mode for stills.
+
+The models come from the mediapipe 0.10.21 wheel and are put in ``model/face_detector`` by
+``scripts/setup.sh``; they are checked against pinned SHA-256 sums before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from stream_detector.errors import ModelError
+from stream_detector.types import Faces, Frame
+
+DETECTOR_MODELS = {
+    "full": (
+        "face_detection_full_range_sparse.tflite",
+        "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    ),
+    "short": (
+        "face_detection_short_range.tflite",
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    ),
+}
+DetectorRange = Literal["full", "short"]
+
+
+def detector_model_dir() -> Path:
+    configured = os.environ.get("STREAM_DETECTOR_FACE_MODELS")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parent.parent / "model" / "face_detector"
+
+
+def detector_model_path(model_range: DetectorRange) -> Path:
+    """The verified path of a BlazeFace model, or a ModelError that says how to provision it."""
+    if model_range not in DETECTOR_MODELS:
+        raise ModelError(f"face detector range must be 'full' or 'short', not {model_range!r}")
+    name, expected = DETECTOR_MODELS[model_range]
+    path = detector_model_dir() / name
+    if not path.is_file():
+        raise ModelError(f"face detector model missing: {path} (run scripts/setup.sh to provision it)")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise ModelError(f"face detector model corrupt (checksum mismatch): {path} (rerun scripts/setup.sh)")
+    return path
+
+
+class MediaPipeFaceDetector:
+    """FaceDetector on MediaPipe Tasks. ``video=True`` tracks across frames and needs rising timestamps."""
+
+    def __init__(
+        self,
+        model_range: DetectorRange = "full",
+        min_confidence: float = 0.5,
+        min_face_size: int = 24,
+        video: bool = True,
+    ) -> None:
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        path = detector_model_path(model_range)
+        options = vision.FaceDetectorOptions(
+            base_options=BaseOptions(model_asset_path=str(path)),
+            running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
+            min_detection_confidence=min_confidence,
+        )
+        self._detector = vision.FaceDetector.create_from_options(options)
+        self._video = video
+        self._min_face_size = min_face_size
+        self._last_timestamp = -1
+        self._lock = threading.Lock()
+        self.model_range = model_range
+
+    def detect(self, frame: Frame) -> Faces:
+        import mediapipe as mp
+
+        rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        with self._lock:
+            if self._video:
+                # MediaPipe refuses timestamps that do not strictly increase (e.g. a file looping).
+                timestamp = max(int(frame.timestamp_ms), self._last_timestamp + 1)
+                self._last_timestamp = timestamp
+                result = self._detector.detect_for_video(image, timestamp)
+            else:
+                result = self._detector.detect(image)
+        height, width = frame.image.shape[:2]
+        boxes, scores = [], []
+        for detection in result.detections:
+            box = detection.bounding_box
+            x1 = max(0.0, float(box.origin_x))
+            y1 = max(0.0, float(box.origin_y))
+            x2 = min(float(width), float(box.origin_x + box.width))
+            y2 = min(float(height), float(box.origin_y + box.height))
+            if min(x2 - x1, y2 - y1) < self._min_face_size:
+                continue
+            boxes.append((x1, y1, x2, y2))
+            scores.append(detection.categories[0].score if detection.categories else 0.0)
+        if not boxes:
+            return Faces.empty()
+        return Faces(np.array(boxes, np.float32), np.array(scores, np.float32))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._detector is not None:
+                self._detector.close()
+                self._detector = None
+
+    def __enter__(self) -> MediaPipeFaceDetector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
