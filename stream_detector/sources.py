@@ -1,0 +1,463 @@
+"""Frame sources (``FrameSource.read() -> Frame | None``) and the newest-frame capture thread.
+
+``open_source(spec)`` turns what a user typed into a source:
+- ``"0"``, ``"1"``...: a camera by index (timestamps: the monotonic clock at capture);
+- ``rtsp://``, ``rtsp(s)``, ``http(s)://`` ...: a network stream, opened with open/read timeouts so a
+  refusing server fails in seconds, not OpenCV's default 20 s (timestamps: monotonic at capture);
+- a video file (timestamps: media time, or the monotonic clock when ``realtime=True`` paces it like
+  a camera);
+- an image file (one frame, or repeated when ``repeat=True``);
+- a folder of images (in name order; unreadable files are skipped and counted).
+
+``read()`` returns None only at a clean end (end of a file). A camera or stream that disappears, a
+file that cannot be opened, an image that is not an image, a frame too large: ``SourceError`` with one
+line naming the input. A video whose decoding stops before its declared frame count ends "cleanly" for
+the caller but says so in ``VideoFileSource.stopped_early`` (``scan`` reports it).
+
+``LatestFrameReader(source)`` runs ``read()`` on a thread and keeps only the newest frame in a
+one-frame slot: a consumer slower than the source gets the latest picture, never a queue, so lag cannot
+grow; every frame overwritten before it was taken is counted in ``dropped``. With
+``drop_frames=False`` the thread instead waits for the consumer (decode overlapped with processing,
+every frame kept: files). Reconnection on top of this belongs to the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream_detector.errors import SourceError
+from stream_detector.types import Frame, FrameSource
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+URL_PATTERN = re.compile(r"^(rtsps?|rtmps?|https?|udp|tcp|srt)://", re.IGNORECASE)
+# Above this a frame is refused: 8K (33 MP) passes; a 100 MP scan or a decompression bomb does not.
+MAX_FRAME_PIXELS = 40_000_000
+STREAM_OPEN_TIMEOUT_MS = 5000
+STREAM_READ_TIMEOUT_MS = 5000
+DEFAULT_FPS = 30.0
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+def _quiet_opencv() -> None:
+    # OpenCV prints backend warnings on stderr for every failed open; our SourceError says it in one line.
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def _check_frame_size(image: np.ndarray, name: str) -> None:
+    height, width = image.shape[:2]
+    if height * width > MAX_FRAME_PIXELS:
+        raise SourceError(
+            f"frame too large: {width}x{height} ({height * width / 1e6:.0f} MP, the limit is "
+            f"{MAX_FRAME_PIXELS / 1e6:.0f} MP): {name}"
+        )
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A BGR uint8 image, or SourceError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"no such file: {path}")
+    if not path.is_file():
+        raise SourceError(f"not a file: {path}")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except (cv2.error, OSError, MemoryError):
+        image = None
+    if image is None:
+        raise SourceError(f"cannot decode image (not an image, corrupt or too large): {path}")
+    if image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(image.max()), 1.0))
+    image = _as_bgr(image)
+    _check_frame_size(image, str(path))
+    return np.ascontiguousarray(image)
+
+
+class ImageSource:
+    """One still image: one frame, or the same frame again and again (``repeat``) at ``fps``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        source_id: str = "0",
+        repeat: bool = False,
+        fps: float = DEFAULT_FPS,
+        clock: Callable[[], float] = monotonic_ms,
+    ) -> None:
+        self.path = Path(path)
+        self.image = read_image(self.path)
+        self.source_id = source_id
+        self.repeat = repeat
+        self.fps = fps
+        self._clock = clock
+        self._index = 0
+        self._next_due = None
+
+    def read(self) -> Frame | None:
+        if self._index > 0 and not self.repeat:
+            return None
+        if self.repeat:
+            # Paced like a camera, with live timestamps, so the window and the detector see a video.
+            now = self._clock()
+            if self._next_due is not None and now < self._next_due:
+                time.sleep((self._next_due - now) / 1000.0)
+            timestamp = self._clock()
+            self._next_due = timestamp + 1000.0 / self.fps
+        else:
+            timestamp = 0.0
+        frame = Frame(self.image, self._index, timestamp, self.source_id)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+class ImageFolderSource:
+    """The images of a folder in name order, one frame each; files that do not decode are skipped."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        source_id: str = "0",
+        frame_interval_ms: float = 1000.0,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SourceError(f"not a folder: {self.path}")
+        self.files = sorted(
+            entry
+            for entry in self.path.iterdir()
+            if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file()
+        )
+        if not self.files:
+            raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder: {self.path}")
+        self.source_id = source_id
+        self.frame_interval_ms = frame_interval_ms
+        self.skipped: list[str] = []
+        self.current_file: Path | None = None
+        self._position = 0
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        while self._position < len(self.files):
+            path = self.files[self._position]
+            self._position += 1
+            try:
+                image = read_image(path)
+            except SourceError as error:
+                log.warning("skipping %s", error)
+                self.skipped.append(str(path))
+                continue
+            self.current_file = path
+            frame = Frame(image, self._index, self._index * self.frame_interval_ms, self.source_id)
+            self._index += 1
+            return frame
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class VideoFileSource:
+    """A video file decoded with OpenCV (FFmpeg).
+
+    Timestamps are media time (index / fps) unless ``realtime``: then frames are released at the
+    file's own rate and stamped with the monotonic clock, as a camera would deliver them. ``loop``
+    starts again at the end (realtime only makes sense with it for a demo window).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        source_id: str = "0",
+        realtime: bool = False,
+        loop: bool = False,
+        clock: Callable[[], float] = monotonic_ms,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SourceError(f"no such file: {self.path}")
+        if not self.path.is_file():
+            raise SourceError(f"not a file: {self.path}")
+        _quiet_opencv()
+        self._capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise SourceError(f"cannot open video (unreadable, corrupt or not a video): {self.path}")
+        fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        # Containers without a usable rate report 0 or absurd values; 30 is what cameras mostly do.
+        self.fps = fps if 1.0 <= fps <= 240.0 else DEFAULT_FPS
+        self.frame_count = max(int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
+        self.width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if self.width * self.height > MAX_FRAME_PIXELS:
+            self._capture.release()
+            _check_frame_size(np.zeros((self.height, self.width, 0), np.uint8), str(self.path))
+        self.source_id = source_id
+        self.realtime = realtime
+        self.loop = loop
+        self._clock = clock
+        self._index = 0
+        self._frames_this_pass = 0
+        self._start_ms: float | None = None
+        self.frames_read = 0
+        self.stopped_early: str | None = None
+
+    def read(self) -> Frame | None:
+        while True:
+            ok, image = self._capture.read()
+            if ok and image is not None:
+                break
+            if self._frames_this_pass == 0:
+                if self._index == 0:
+                    raise SourceError(f"cannot decode any frame of video: {self.path}")
+                return None
+            if self.loop:
+                self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                self._frames_this_pass = 0
+                continue
+            self._note_end()
+            return None
+        image = _as_bgr(image)
+        if self._index == 0:
+            _check_frame_size(image, str(self.path))
+        if self.realtime:
+            if self._start_ms is None:
+                self._start_ms = self._clock()
+            due = self._start_ms + self._index * 1000.0 / self.fps
+            wait = due - self._clock()
+            if wait > 0:
+                time.sleep(wait / 1000.0)
+            timestamp = self._clock()
+        else:
+            timestamp = self._frames_this_pass * 1000.0 / self.fps
+        frame = Frame(np.ascontiguousarray(image), self._index, timestamp, self.source_id)
+        self._index += 1
+        self._frames_this_pass += 1
+        self.frames_read = max(self.frames_read, self._frames_this_pass)
+        return frame
+
+    def _note_end(self) -> None:
+        # Frame counts in headers are estimates; a few frames short is normal, a large gap is damage.
+        expected = self.frame_count
+        if expected and self._frames_this_pass < expected - max(2, int(0.02 * expected)):
+            self.stopped_early = (
+                f"decoding stopped after frame {self._frames_this_pass} of {expected} "
+                f"(at {self._frames_this_pass / self.fps:.2f} s): the file is truncated or corrupt"
+            )
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+class CaptureSource:
+    """A camera (by index) or a network stream: live timestamps; losing it is a SourceError."""
+
+    def __init__(
+        self,
+        spec: str | int,
+        source_id: str = "0",
+        open_timeout_ms: int = STREAM_OPEN_TIMEOUT_MS,
+        read_timeout_ms: int = STREAM_READ_TIMEOUT_MS,
+        clock: Callable[[], float] = monotonic_ms,
+    ) -> None:
+        _quiet_opencv()
+        self.spec = spec
+        self.is_camera = isinstance(spec, int)
+        self.source_id = source_id
+        self._clock = clock
+        self._index = 0
+        if self.is_camera:
+            self.name = f"camera {spec}"
+            if os.name == "posix" and Path("/dev").is_dir() and not Path(f"/dev/video{spec}").exists():
+                raise SourceError(f"no camera at index {spec} (/dev/video{spec} does not exist)")
+            self._capture = cv2.VideoCapture(int(spec))
+        else:
+            self.name = _redact(str(spec))
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                open_timeout_ms,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                read_timeout_ms,
+            ]
+            self._capture = cv2.VideoCapture(str(spec), cv2.CAP_FFMPEG, params)
+        if not self._capture.isOpened():
+            self._capture.release()
+            if self.is_camera:
+                raise SourceError(f"cannot open camera {spec} (busy, no permission or not a camera)")
+            raise SourceError(
+                f"cannot open stream {self.name} (refused, unreachable, timed out or not a video)"
+            )
+
+    def read(self) -> Frame | None:
+        ok, image = self._capture.read()
+        if not ok or image is None:
+            raise SourceError(f"{self.name} stopped delivering frames (disconnected?)")
+        image = _as_bgr(image)
+        if self._index == 0:
+            _check_frame_size(image, self.name)
+        frame = Frame(np.ascontiguousarray(image), self._index, self._clock(), self.source_id)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for messages and logs."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def is_url(spec: str) -> bool:
+    return bool(URL_PATTERN.match(spec))
+
+
+def open_source(
+    spec: str,
+    source_id: str = "0",
+    realtime: bool = False,
+    loop: bool = False,
+) -> FrameSource:
+    """The source a user means by ``spec``: camera index, URL, video file, image or folder.
+
+    ``realtime`` paces files (and repeats still images) like a camera, with live timestamps: what a
+    window wants. Without it files are read as fast as the caller reads, in media time: what ``scan``
+    wants.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise SourceError("empty source (give a camera index, a file, a folder or a URL)")
+    if spec.isdigit():
+        return CaptureSource(int(spec), source_id)
+    if is_url(spec):
+        return CaptureSource(spec, source_id)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise SourceError(f"no such file: {path}")
+    if path.is_dir():
+        return ImageFolderSource(path, source_id)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageSource(path, source_id, repeat=realtime)
+    return VideoFileSource(path, source_id, realtime=realtime, loop=loop)
+
+
+class LatestFrameReader:
+    """A capture thread over a FrameSource with a one-frame slot (see the module docstring).
+
+    ``read(timeout)`` returns the newest frame not yet taken, waiting for one if needed; None at the
+    source's clean end, or when ``timeout`` (seconds) passes first (check ``ended`` to tell them
+    apart); the source's SourceError is raised in the reader's thread once the slot is empty.
+    ``close()`` stops the thread (joined with a timeout) and closes the source.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        drop_frames: bool = True,
+        name: str = "capture",
+        join_timeout_s: float = 6.0,
+    ) -> None:
+        self.source = source
+        self.drop_frames = drop_frames
+        self.join_timeout_s = join_timeout_s
+        self.captured = 0
+        self.dropped = 0
+        self.delivered = 0
+        self._slot: Frame | None = None
+        self._ended = False
+        self._error: BaseException | None = None
+        self._condition = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def ended(self) -> bool:
+        """True once the source has ended or failed and its last frame has been taken."""
+        with self._condition:
+            return (self._ended or self._error is not None) and self._slot is None
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                frame = self.source.read()
+                if frame is None:
+                    break
+                with self._condition:
+                    if not self.drop_frames:
+                        while self._slot is not None and not self._stop.is_set():
+                            self._condition.wait(0.1)
+                    if self._slot is not None:
+                        self.dropped += 1
+                    self._slot = frame
+                    self.captured += 1
+                    self._condition.notify_all()
+        except BaseException as error:  # handed to the consumer, who decides what it means
+            with self._condition:
+                self._error = error
+                self._condition.notify_all()
+            return
+        with self._condition:
+            self._ended = True
+            self._condition.notify_all()
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while self._slot is None:
+                if self._error is not None:
+                    raise self._error
+                if self._ended or self._stop.is_set():
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._condition.wait(remaining if remaining is not None else 0.5)
+            frame, self._slot = self._slot, None
+            self.delivered += 1
+            self._condition.notify_all()
+            return frame
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._condition:
+            self._condition.notify_all()
+        self._thread.join(self.join_timeout_s)
+        if self._thread.is_alive():
+            # A blocked network read; its own read timeout ends it. Closing the capture under it
+            # would crash OpenCV, so leave the source to the daemon thread.
+            log.warning("capture thread did not stop within %.1f s", self.join_timeout_s)
+            return
+        self.source.close()
+
+    def __enter__(self) -> LatestFrameReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
