@@ -1,0 +1,131 @@
+"""Generated media for tests and the benchmark: the astronaut's real face moved and scaled over a plain
+background, written as short clips. Nothing here needs a camera or downloaded data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# The astronaut photo (512x512) with her head in the middle of this square: forehead, hair and chin,
+# enough context for BlazeFace. Her face box inside the square is about FACE_IN_PATCH.
+HEAD_REGION = (100, 0, 340, 240)  # x1, y1, x2, y2 in the 512x512 photo
+FACE_IN_PATCH = (73.0, 67.0, 176.0, 170.0)  # the detector's box, relative to HEAD_REGION, at scale 1
+
+
+def head_patch(astronaut_bgr: np.ndarray) -> np.ndarray:
+    x1, y1, x2, y2 = HEAD_REGION
+    return np.ascontiguousarray(astronaut_bgr[y1:y2, x1:x2])
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A head patch at (x, y) (its top-left corner, pixels) scaled by ``scale``."""
+
+    x: float
+    y: float
+    scale: float = 1.0
+
+    def face_box(self) -> tuple[float, float, float, float]:
+        """Roughly where the detector should find the face of this placement."""
+        fx1, fy1, fx2, fy2 = FACE_IN_PATCH
+        return (
+            self.x + fx1 * self.scale,
+            self.y + fy1 * self.scale,
+            self.x + fx2 * self.scale,
+            self.y + fy2 * self.scale,
+        )
+
+
+def background(width: int, height: int, shade: int = 96) -> np.ndarray:
+    """A soft vertical gradient: plain enough to hold no faces, not so flat that codecs erase it."""
+    column = np.linspace(shade - 30, shade + 30, height, dtype=np.float32).astype(np.uint8)
+    image = np.repeat(column[:, None], width, axis=1)
+    return cv2.merge([image, image, (image * 0.9).astype(np.uint8)])
+
+
+def compose(
+    patch: np.ndarray, placements: Sequence[Placement], width: int, height: int, shade: int = 96
+) -> np.ndarray:
+    """A frame with one head per placement, later placements drawn over earlier ones."""
+    frame = background(width, height, shade)
+    for placement in placements:
+        size = max(int(round(patch.shape[0] * placement.scale)), 8)
+        resized = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        x, y = int(round(placement.x)), int(round(placement.y))
+        x1, y1 = max(x, 0), max(y, 0)
+        x2, y2 = min(x + size, width), min(y + size, height)
+        if x2 > x1 and y2 > y1:
+            frame[y1:y2, x1:x2] = resized[y1 - y : y2 - y, x1 - x : x2 - x]
+    return frame
+
+
+def moving_face_path(count: int, width: int, height: int, scale_from: float = 0.8, scale_to: float = 1.2):
+    """Placements of one head drifting left to right and growing, over ``count`` frames."""
+    placements = []
+    for index in range(count):
+        progress = index / max(count - 1, 1)
+        scale = scale_from + (scale_to - scale_from) * progress
+        size = 240 * scale
+        x = 0.1 * width + progress * (0.8 * width - size)
+        y = (height - size) / 2 + 0.05 * height * np.sin(progress * np.pi * 2)
+        placements.append(Placement(float(x), float(y), float(scale)))
+    return placements
+
+
+def moving_face_frames(
+    astronaut_bgr: np.ndarray, count: int = 30, width: int = 640, height: int = 360
+) -> tuple[list[np.ndarray], list[tuple[float, float, float, float]]]:
+    """Frames of the moving, scaling head and the expected face box in each."""
+    patch = head_patch(astronaut_bgr)
+    placements = moving_face_path(count, width, height)
+    frames = [compose(patch, [placement], width, height) for placement in placements]
+    return frames, [placement.face_box() for placement in placements]
+
+
+def grid_faces_frames(
+    astronaut_bgr: np.ndarray, count: int, width: int, height: int, faces: int
+) -> list[np.ndarray]:
+    """``faces`` heads (1 or 4) swaying a little in a 2x2 grid, for the benchmark's 720p clips."""
+    patch = head_patch(astronaut_bgr)
+    if faces == 1:
+        anchors = [(width / 2 - 120, height / 2 - 120)]
+    else:
+        anchors = [
+            (width * (0.25 + 0.5 * column) - 120, height * (0.25 + 0.5 * row) - 110)
+            for row in range(2)
+            for column in range(2)
+        ][:faces]
+    frames = []
+    for index in range(count):
+        sway = 40 * np.sin(index / 15.0)
+        placements = [Placement(x + sway, y + sway / 3, 1.1) for x, y in anchors]
+        frames.append(compose(patch, placements, width, height))
+    return frames
+
+
+def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 30.0) -> Path:
+    """Write frames with OpenCV: MJPG in .avi (frame-exact, truncation-tolerant), mp4v otherwise."""
+    path = Path(path)
+    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix.lower() == ".avi" else "mp4v"))
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), fourcc, fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write {path}")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    intersection = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
+    return intersection / union
