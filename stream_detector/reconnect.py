@@ -1,0 +1,331 @@
+"""A camera that keeps itself connected: open/read timeouts, a stall watchdog, backoff with jitter.
+
+``ReconnectingCamera(name, opener, policy)`` wraps whatever ``opener()`` returns (``sources.open_source``
+or a ``CaptureSource`` with timeouts, in the daemon). A supervisor thread per camera:
+
+1. opens the source (each attempt bounded by the source's own open timeout);
+2. runs it under ``sources.LatestFrameReader`` (the capture thread: newest frame only) and moves each
+   frame to this camera's one-frame slot, which the detection loop empties at its own pace;
+3. when the source fails, ends, or delivers nothing for ``stall_timeout_s`` (the watchdog: it does not
+   trust the source's read timeout to fire), it drops the connection and reopens after a backoff delay:
+   ``initial * multiplier**attempt``, capped at ``backoff_max_s``, with +/- ``jitter`` so that many
+   cameras behind one flapping switch do not reconnect in lockstep. The delay resets once a connection
+   has delivered frames for ``STABLE_CONNECTION_S``.
+
+Nothing here raises into the caller: a camera that fails is a state (see ``status()``), never an
+exception that could stop the other cameras or the daemon.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stream_detector.config import ReconnectConfig
+from stream_detector.sources import LatestFrameReader
+from stream_detector.types import Frame, FrameSource
+
+log = logging.getLogger(__name__)
+
+# A connection that delivered frames this long counts as healthy: the next failure starts the backoff over.
+STABLE_CONNECTION_S = 10.0
+# How long ``close`` waits for a capture thread blocked in a network read (its read timeout ends it).
+CAPTURE_JOIN_S = 1.0
+
+
+class CameraState(enum.StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+    STOPPED = "stopped"
+
+
+class Backoff:
+    """Capped exponential delays with symmetric jitter; pure apart from the random generator given."""
+
+    def __init__(
+        self,
+        initial_s: float,
+        maximum_s: float,
+        multiplier: float = 2.0,
+        jitter: float = 0.25,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.initial_s = initial_s
+        self.maximum_s = maximum_s
+        self.multiplier = multiplier
+        self.jitter = jitter
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        # The exponent is capped so a camera dead for weeks cannot overflow the float.
+        base = min(self.maximum_s, self.initial_s * self.multiplier ** min(self.attempt, 64))
+        self.attempt += 1
+        spread = base * self.jitter * self._rng.uniform(-1.0, 1.0)
+        return min(self.maximum_s, max(0.0, base + spread))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass(frozen=True)
+class CameraStatus:
+    name: str
+    state: CameraState
+    connected: bool
+    frames_captured: int
+    frames_taken: int
+    dropped_frames: int
+    reconnects: int  # successful re-opens after a lost or failed connection
+    failed_opens: int
+    stalls: int  # connections dropped by the watchdog
+    last_frame_age_s: float | None
+    capture_fps: float
+    last_error: str | None
+    next_attempt_in_s: float | None
+
+
+class ReconnectingCamera:
+    """One camera's supervisor thread and newest-frame slot (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        opener: Callable[[], FrameSource],
+        policy: ReconnectConfig,
+        stop: threading.Event | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self._opener = opener
+        self._stop = stop if stop is not None else threading.Event()
+        self._closed = threading.Event()
+        self._clock = clock
+        self._backoff = Backoff(
+            policy.backoff_initial_s, policy.backoff_max_s, policy.backoff_multiplier, policy.jitter, rng
+        )
+        self._condition = threading.Condition()
+        self._slot: Frame | None = None
+        self._state = CameraState.CONNECTING
+        self._ever_connected = False
+        self._frames_captured = 0
+        self._frames_taken = 0
+        self._dropped = 0
+        self._reconnects = 0
+        self._failed_opens = 0
+        self._stalls = 0
+        self._last_frame_at: float | None = None
+        self._last_error: str | None = None
+        self._next_attempt_at: float | None = None
+        self._fps_window: list[float] = []
+        self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
+
+    def start(self) -> ReconnectingCamera:
+        self._thread.start()
+        return self
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set() or self._closed.is_set()
+
+    # The detection loop's side.
+
+    def take(self) -> Frame | None:
+        """The newest frame not taken yet, without waiting; None if there is none."""
+        with self._condition:
+            frame, self._slot = self._slot, None
+            if frame is not None:
+                self._frames_taken += 1
+            return frame
+
+    def read(self, timeout: float | None = None) -> Frame | None:
+        """FrameSource-style: wait (up to ``timeout`` s) for the newest frame; None when stopped or timed out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while self._slot is None:
+                if self.stopping:
+                    return None
+                remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if remaining <= 0:
+                    return None
+                self._condition.wait(remaining)
+        return self.take()
+
+    def status(self) -> CameraStatus:
+        now = self._clock()
+        with self._condition:
+            window = [t for t in self._fps_window if now - t <= 5.0]
+            fps = (
+                (len(window) - 1) / (window[-1] - window[0])
+                if len(window) >= 2 and window[-1] > window[0]
+                else 0.0
+            )
+            return CameraStatus(
+                name=self.name,
+                state=self._state,
+                connected=self._state == CameraState.CONNECTED,
+                frames_captured=self._frames_captured,
+                frames_taken=self._frames_taken,
+                dropped_frames=self._dropped,
+                reconnects=self._reconnects,
+                failed_opens=self._failed_opens,
+                stalls=self._stalls,
+                last_frame_age_s=None if self._last_frame_at is None else max(0.0, now - self._last_frame_at),
+                capture_fps=fps,
+                last_error=self._last_error,
+                next_attempt_in_s=(
+                    None if self._next_attempt_at is None else max(0.0, self._next_attempt_at - now)
+                ),
+            )
+
+    def close(self, timeout: float = 3.0) -> None:
+        self._closed.set()
+        with self._condition:
+            self._condition.notify_all()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("camera=%s supervisor did not stop within %.1f s", self.name, timeout)
+
+    # The supervisor thread.
+
+    def _set_state(self, state: CameraState, error: str | None = None) -> None:
+        with self._condition:
+            self._state = state
+            if error is not None:
+                self._last_error = error
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep unless stopped; True if stopped."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._closed.wait(min(remaining, 0.25))
+        return True
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping:
+                self._set_state(CameraState.CONNECTING)
+                source = self._open()
+                if source is None:
+                    if self.stopping:
+                        break
+                    self._back_off()
+                    continue
+                lost_after = self._pump(source)
+                if self.stopping:
+                    break
+                if lost_after >= STABLE_CONNECTION_S:
+                    self._backoff.reset()
+                self._back_off()
+        except Exception:
+            # A bug here must not take the daemon down; the camera shows as stopped with the reason.
+            log.exception("camera=%s supervisor failed", self.name)
+            self._set_state(CameraState.STOPPED, "internal error (see log)")
+            return
+        self._set_state(CameraState.STOPPED)
+
+    def _back_off(self) -> None:
+        delay = self._backoff.next_delay()
+        with self._condition:
+            self._state = CameraState.BACKOFF
+            self._next_attempt_at = self._clock() + delay
+        log.info("camera=%s reconnect_in_s=%.2f attempt=%d", self.name, delay, self._backoff.attempt)
+        self._wait(delay)
+        with self._condition:
+            self._next_attempt_at = None
+
+    def _open(self) -> FrameSource | None:
+        try:
+            source = self._opener()
+        except Exception as error:  # SourceError mostly; anything else is reported the same way
+            problem = str(error) or type(error).__name__
+            with self._condition:
+                self._failed_opens += 1
+                self._last_error = problem
+                failures = self._failed_opens
+            # The first failure and then every tenth: a camera dead all night must not fill the disk.
+            if failures == 1 or failures % 10 == 0:
+                log.warning("camera=%s open failed failures=%d problem=%s", self.name, failures, problem)
+            return None
+        if self.stopping:
+            source.close()
+            return None
+        return source
+
+    def _pump(self, source: FrameSource) -> float:
+        """Move frames from a fresh connection to the slot until it fails or stalls; seconds it lasted."""
+        reader = LatestFrameReader(source, name=f"capture-{self.name}", join_timeout_s=CAPTURE_JOIN_S)
+        opened_at = time.monotonic()
+        first_frame = True
+        last_frame_at = opened_at
+        problem = "stopped"
+        try:
+            while not self.stopping:
+                # The watchdog: the wait is bounded here, whatever the source's own read timeout does.
+                remaining = self.policy.stall_timeout_s - (time.monotonic() - last_frame_at)
+                if remaining <= 0:
+                    with self._condition:
+                        self._stalls += 1
+                    problem = f"stalled: no frame for {self.policy.stall_timeout_s:g} s"
+                    break
+                try:
+                    frame = reader.read(timeout=min(remaining, 0.25))
+                except Exception as error:
+                    problem = str(error) or type(error).__name__
+                    break
+                if frame is None:
+                    if reader.ended:
+                        problem = "stream ended"
+                        break
+                    continue
+                last_frame_at = time.monotonic()
+                if first_frame:
+                    first_frame = False
+                    self._on_connected()
+                self._store(frame)
+        finally:
+            with self._condition:
+                self._dropped += reader.dropped
+            # close() joins briefly; a capture thread stuck in a read is left to its read timeout.
+            reader.close()
+        lasted = time.monotonic() - opened_at
+        if not self.stopping:
+            with self._condition:
+                self._state = CameraState.BACKOFF
+                self._last_error = problem
+            log.warning("camera=%s disconnected after_s=%.1f problem=%s", self.name, lasted, problem)
+        return lasted if not first_frame else 0.0
+
+    def _on_connected(self) -> None:
+        with self._condition:
+            if self._ever_connected:
+                self._reconnects += 1
+            self._ever_connected = True
+            self._state = CameraState.CONNECTED
+            self._last_error = None
+            reconnects = self._reconnects
+        log.info("camera=%s connected reconnects=%d", self.name, reconnects)
+
+    def _store(self, frame: Frame) -> None:
+        now = self._clock()
+        with self._condition:
+            if self._slot is not None:
+                self._dropped += 1
+            self._slot = frame
+            self._frames_captured += 1
+            self._last_frame_at = now
+            self._fps_window.append(now)
+            if len(self._fps_window) > 256:
+                del self._fps_window[:128]
+            self._condition.notify_all()

@@ -1,0 +1,190 @@
+from pathlib import Path
+
+import pytest
+
+from stream_detector.config import ReconnectConfig, display_url, load_config, mask, parse_config
+from stream_detector.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+MINIMAL = """
+[cameras.door]
+url = "rtsp://127.0.0.1:8554/door"
+"""
+
+FULL = """
+[daemon]
+log_format = "text"
+max_batch_frames = 8
+
+[http]
+host = "127.0.0.1"
+port = 0
+
+[engine]
+backend = "int8"
+threads = 1
+smoothing = { fake_enter = 0.8 }
+
+[events]
+directory = "out"
+min_duration_s = 1.5
+cooldown_s = 30
+
+[webhook]
+url = "http://127.0.0.1:9000/hook"
+max_retries = 2
+headers = { Authorization = "Bearer ${HOOK_TOKEN}" }
+
+[reconnect]
+stall_timeout_s = 4
+backoff_max_s = 20
+
+[cameras.door]
+url = "rtsp://admin:${CAM_PASSWORD}@127.0.0.1:8554/door"
+process_hz = 2
+
+[cameras.yard]
+url = "rtsp://127.0.0.1:8554/yard"
+reconnect = { stall_timeout_s = 8 }
+
+[cameras.attic]
+url = "rtsp://127.0.0.1:8554/attic"
+enabled = false
+"""
+
+ENVIRONMENT = {"CAM_PASSWORD": "s3cret-pass", "HOOK_TOKEN": "tok-12345"}
+
+
+def test_minimal_config_takes_the_defaults():
+    config = parse_config(MINIMAL, environment={})
+    (camera,) = config.cameras
+    assert camera.name == "door" and camera.url == "rtsp://127.0.0.1:8554/door"
+    assert camera.reconnect == ReconnectConfig()
+    assert config.webhook is None and config.http.port == 9108 and config.log_format == "json"
+
+
+def test_full_config_reads_every_section_and_substitutes_secrets():
+    config = parse_config(FULL, environment=ENVIRONMENT)
+    door, yard, attic = config.cameras
+    assert door.url == "rtsp://admin:s3cret-pass@127.0.0.1:8554/door"
+    assert door.display_url == "rtsp://admin:***@127.0.0.1:8554/door"
+    assert door.process_hz == 2 and door.reconnect.stall_timeout_s == 4
+    # A camera's own reconnect table overrides the [reconnect] defaults key by key.
+    assert yard.reconnect.stall_timeout_s == 8 and yard.reconnect.backoff_max_s == 20
+    assert attic.enabled is False
+    assert config.webhook is not None and config.webhook.headers == (("Authorization", "Bearer tok-12345"),)
+    assert config.events.directory == Path("out") and config.events.min_duration_s == 1.5
+    assert (
+        config.http.port == 0
+        and config.engine.backend == "int8"
+        and config.engine.smoothing.fake_enter == 0.8
+        and config.max_batch_frames == 8
+    )
+    assert set(config.secrets) == {"s3cret-pass", "tok-12345"}
+    # The secret never shows in the dataclass repr that a careless log line might print.
+    assert "s3cret" not in repr(config) and "tok-12345" not in repr(config)
+
+
+def test_mask_hides_secrets_and_url_passwords_in_any_text():
+    config = parse_config(FULL, environment=ENVIRONMENT)
+    line = "open rtsp://admin:s3cret-pass@127.0.0.1:8554/door failed; token tok-12345; rtsp://u:pw@h/x"
+    masked = config.mask(line)
+    assert "s3cret-pass" not in masked and "tok-12345" not in masked and ":pw@" not in masked
+    assert "rtsp://admin:***@127.0.0.1:8554/door" in masked and "rtsp://u:***@h/x" in masked
+    assert mask("nothing secret here") == "nothing secret here"
+    assert display_url("rtsp://user:p%40ss@10.0.0.1:554/s?x=1") == "rtsp://user:***@10.0.0.1:554/s?x=1"
+
+
+def test_the_shipped_example_config_is_valid():
+    config = load_config(REPO / "configs" / "daemon.toml", environment={"CAM_PASSWORD": "example-pass"})
+    assert len(config.cameras) >= 2
+
+
+CAMERA = '[cameras.door]\nurl = "rtsp://127.0.0.1:8554/door"\n'
+
+# (what is wrong, the file, the start of the one-line error)
+BAD_CONFIGS = [
+    ("not TOML at all", "[cameras.door\nurl = 1", "not valid TOML"),
+    ("unknown top-level table", CAMERA + "[camera]\nx = 1\n", "camera: unknown key"),
+    ("unknown key in a camera", CAMERA + "uri = 'x'\n", "cameras.door.uri: unknown key"),
+    ("typo in a section key", "[events]\ncooldown = 5\n" + CAMERA, "events.cooldown: unknown key"),
+    ("no cameras", "[daemon]\nlog_format = 'json'\n", "cameras: at least one camera"),
+    ("camera without url", "[cameras.door]\nenabled = true\n", "cameras.door.url: is required"),
+    ("empty url", "[cameras.door]\nurl = ''\n", "cameras.door.url: must not be empty"),
+    ("wrong url scheme", "[cameras.door]\nurl = 'ftp://h/x'\n", "cameras.door.url: must start with"),
+    ("url without host", "[cameras.door]\nurl = 'rtsp:///x'\n", "cameras.door.url: has no host"),
+    ("string for a number", CAMERA + "process_hz = 'fast'\n", "cameras.door.process_hz: must be a number"),
+    (
+        "boolean for a number",
+        "[http]\nport = true\n" + CAMERA,
+        "http.port: must be an integer, not a boolean",
+    ),
+    ("float for an integer", "[http]\nport = 80.5\n" + CAMERA, "http.port: must be an integer"),
+    ("number out of range", "[http]\nport = 70000\n" + CAMERA, "http.port: must be >= 0 and <= 65535"),
+    ("zero rate", CAMERA + "process_hz = 0\n", "cameras.door.process_hz: must be > 0"),
+    ("negative timeout", "[reconnect]\nopen_timeout_s = -1\n" + CAMERA, "reconnect.open_timeout_s: must be"),
+    ("nan", "[events]\ncooldown_s = nan\n" + CAMERA, "events.cooldown_s: must be a finite number"),
+    (
+        "cap below start",
+        "[reconnect]\nbackoff_initial_s = 10\nbackoff_max_s = 1\n" + CAMERA,
+        "reconnect.backoff_max_s",
+    ),
+    ("bad choice", "[daemon]\nlog_format = 'xml'\n" + CAMERA, "daemon.log_format: must be one of json, text"),
+    (
+        "missing env var",
+        "[cameras.door]\nurl = 'rtsp://u:${NOPE_PASSWORD}@h/x'\n",
+        "cameras.door.url: environment variable NOPE_PASSWORD is not set",
+    ),
+    (
+        "bad env name",
+        "[cameras.door]\nurl = 'rtsp://u:${1X}@h/x'\n",
+        "cameras.door.url: ${1X} is not a valid",
+    ),
+    ("bad camera name", "[cameras.'front door']\nurl = 'rtsp://h/x'\n", "cameras.front door: a camera name"),
+    ("camera not a table", "[cameras]\ndoor = 'rtsp://h/x'\n", "cameras.door: must be a table"),
+    ("section not a table", "events = 3\n" + CAMERA, "events: must be a table"),
+    ("all cameras disabled", CAMERA + "enabled = false\n", "cameras: every camera is disabled"),
+    ("webhook not http", CAMERA + "[webhook]\nurl = 'rtsp://h/x'\n", "webhook.url: must start with http://"),
+    (
+        "bad header name",
+        CAMERA + "[webhook]\nurl = 'http://h/x'\nheaders = { 'a b' = 'x' }\n",
+        "webhook.headers.a b: is not a valid",
+    ),
+    (
+        "smoothing thresholds out of order",
+        "[engine.smoothing]\nfake_enter = 0.4\n" + CAMERA,
+        "engine.smoothing: smoothing thresholds",
+    ),
+    ("unknown engine key", "[engine]\nbatch = 4\n" + CAMERA, "engine.batch: unknown key"),
+    (
+        "unknown reconnect key",
+        CAMERA + "reconnect = { stall = 3 }\n",
+        "cameras.door.reconnect.stall: unknown key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("problem", "text", "expected"), BAD_CONFIGS, ids=[case[0] for case in BAD_CONFIGS])
+def test_bad_config_is_one_line_naming_the_key(problem, text, expected):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environment={})
+    message = str(caught.value)
+    assert expected in message, message
+    assert "\n" not in message
+
+
+def test_error_never_shows_the_secret_in_a_bad_url():
+    text = "[cameras.door]\nurl = 'ftp://u:${PASS}@h/x'\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environment={"PASS": "hunter22"})
+    assert "hunter22" not in str(caught.value) and "u:***@h" in str(caught.value)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.toml")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(binary)
