@@ -21,19 +21,23 @@ def model_dir() -> Path:
     return Path(os.environ.get("STREAM_DETECTOR_MODEL_DIR", MODEL_DIR))
 
 
-def build_model(input_size: int | None = CROP_SIZE, initializer: str = "he_normal"):
+def build_model(input_size: int | None = CROP_SIZE, initializer: str = "he_normal", unit_scale: bool = False):
     """The reference architecture with one sigmoid unit meaning p(fake).
 
     ``input_size=None`` builds the same weights for any square input (global pooling makes the
     convolutions size-agnostic), which training uses for its cheaper low-resolution epochs.
-    ``initializer="glorot_uniform"`` is Keras' default, as the reference project had it.
+    ``initializer="glorot_uniform"`` is Keras' default and ``unit_scale`` scales pixels to [0, 1],
+    both as the reference project had it; ours are He-normal and [-1, 1].
     """
     import keras
     from keras import layers
 
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     # Pixels 0..255 in, scaled inside the model so every caller feeds plain uint8-valued crops.
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    if unit_scale:
+        x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    else:
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     for index in range(3):
         x = layers.Conv2D(
             64, 5, padding="same", activation="relu", kernel_initializer=initializer, name=f"conv{index + 1}"

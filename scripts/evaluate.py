@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""Evaluate a model on face folders laid out as real/ and fake/.
+
+    python scripts/evaluate.py --data DIR [--data DIR ...] --json report.json [--plots DIR] [--robustness]
+    python scripts/evaluate.py --split test --robustness --json model/metrics.json --plots model/plots
+
+Metrics per --data folder (keyed by the path as given) and over all of them ("all"): accuracy,
+precision, recall, F1, confusion matrix, ROC-AUC, EER, TPR at 1% FPR, Brier score, ECE. With
+--robustness, the same after JPEG re-compression at quality 90/70/50 and after a 112 px round trip.
+--split test keeps only the files that training set aside as its test split (model/training.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import stream_detector  # noqa: E402,F401  (pylibsrtp before TensorFlow)
+from stream_detector.errors import StreamDetectorError  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "faces"
+CONDITIONS = {
+    "clean": None,
+    "jpeg90": ("jpeg", 90),
+    "jpeg70": ("jpeg", 70),
+    "jpeg50": ("jpeg", 50),
+    "downscale112": ("downscale", 112),
+}
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", action="append", help="folder with real/ and fake/ (repeatable)")
+    parser.add_argument("--json", type=Path, help="write the report here (default: stdout)")
+    parser.add_argument("--plots", type=Path, help="write ROC, confusion matrix and reliability PNGs here")
+    parser.add_argument(
+        "--model", type=Path, default=REPO / "model" / "detector.keras", help=".keras or .tflite file"
+    )
+    parser.add_argument(
+        "--robustness", action="store_true", help="also JPEG 90/70/50 and a 112 px round trip"
+    )
+    parser.add_argument(
+        "--split", choices=["train", "validation", "test"], help="only the files of this training split"
+    )
+    parser.add_argument(
+        "--training-record", type=Path, help="training.json that lists the splits (default: beside --model)"
+    )
+    parser.add_argument(
+        "--preprocess",
+        choices=["crop", "whole"],
+        default="crop",
+        help="crop: detect and crop faces (ours); whole: the whole image (the reference recipe)",
+    )
+    parser.add_argument(
+        "--no-face",
+        choices=["skip", "whole", "error"],
+        default="skip",
+        help="an image with no detected face: skip it (default), use it whole, or stop",
+    )
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+class Predictor:
+    """Batched p(fake) from a .keras model (any square input size) or a .tflite file (224)."""
+
+    def __init__(self, path: Path) -> None:
+        from stream_detector.errors import ModelError
+
+        if not path.is_file():
+            raise ModelError(f"model file missing: {path}")
+        if path.suffix == ".tflite":
+            from stream_detector.classifier import LiteRTClassifier
+
+            self._classifier = LiteRTClassifier(path, name=path.stem)
+            self.size = 224
+        else:
+            from stream_detector.classifier import KerasClassifier
+            from stream_detector.model import load_keras_model
+
+            model = load_keras_model(path)
+            self.size = int(model.input_shape[1])
+            self._classifier = KerasClassifier(model=model)
+
+    def __call__(self, images):
+        import numpy as np
+
+        outputs = []
+        for start in range(0, len(images), 32):
+            batch = images[start : start + 32]
+            if self.size == 224:
+                outputs.append(self._classifier.classify(batch))
+            else:
+                outputs.append(np.asarray(self._classifier._function(batch.astype("float32"))).reshape(-1))
+        return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
+
+
+def degrade(crop, condition, size: int):
+    from stream_detector.dataset import jpeg, resize_crop
+
+    if condition is None:
+        return resize_crop(crop, size)
+    kind, value = condition
+    if kind == "jpeg":
+        # Compress at the face's native resolution, as a re-encoded upload or stream would.
+        return resize_crop(jpeg(crop, value), size)
+    import cv2
+
+    small = cv2.resize(resize_crop(crop, size), (value, value), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def load_folder(path: Path, arguments, keep: set[str] | None):
+    """All faces under path (every real/fake folder inside it), optionally restricted to some files."""
+    from stream_detector.dataset import find_class_folders, load_face_set
+    from stream_detector.reference import whole_image
+
+    sets = []
+    for folder in find_class_folders(path):
+        faces = load_face_set(
+            folder, no_face=arguments.no_face, cache_dir=arguments.cache, progress=not arguments.no_progress
+        )
+        if keep is not None:
+            faces = faces.subset(
+                [i for i, file in enumerate(faces.files) if str(Path(file).resolve()) in keep]
+            )
+        if arguments.preprocess == "whole":
+            faces = faces.__class__(
+                faces.name,
+                [whole_image(f, 224) for f in faces.files],
+                faces.labels,
+                faces.files,
+                faces.groups,
+                faces.no_face,
+            )
+        sets.append(faces)
+    return sets
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    logging.basicConfig(level=logging.WARNING, format="evaluate: %(message)s")
+    import numpy as np
+
+    from stream_detector.metrics import binary_metrics, reliability_bins, roc_curve
+
+    data = arguments.data or [str(DEFAULT_DATA)]
+    keep = None
+    if arguments.split:
+        record_path = arguments.training_record or arguments.model.parent / "training.json"
+        if not record_path.is_file():
+            raise StreamDetectorError(f"--split needs the training record: {record_path} not found")
+        record = json.loads(record_path.read_text())
+        keep = {
+            str(Path(file).resolve())
+            for files in record["splits"][arguments.split].values()
+            for file in files
+        }
+    predictor = Predictor(arguments.model)
+    conditions = CONDITIONS if arguments.robustness else {"clean": None}
+    report: dict = {
+        "model": str(arguments.model),
+        "split": arguments.split,
+        "preprocess": arguments.preprocess,
+        "sources": {},
+    }
+    pooled: dict[str, tuple[list, list]] = {name: ([], []) for name in conditions}
+    for entry in data:
+        sets = load_folder(Path(entry), arguments, keep)
+        labels = np.concatenate([faces.labels for faces in sets])
+        crops = [crop for faces in sets for crop in faces.crops]
+        if len(labels) == 0 or len(set(labels.tolist())) < 2:
+            raise StreamDetectorError(
+                f"{entry}: needs faces of both classes (found {len(labels)} usable images)"
+            )
+        result = {"images": int(len(labels)), "no_face": int(sum(faces.no_face for faces in sets))}
+        for name, condition in conditions.items():
+            scores = predictor(np.stack([degrade(crop, condition, predictor.size) for crop in crops]))
+            metrics = binary_metrics(labels, scores, threshold=arguments.threshold)
+            if name == "clean":
+                result.update(metrics)
+                result["reliability"] = reliability_bins(labels, scores)
+                result["_scores"] = scores
+            else:
+                result.setdefault("robustness", {})[name] = metrics
+                # The trap's question: how many real faces does re-compression alone turn "fake"?
+                real = labels == 0
+                result["robustness"][name]["real_flipped_to_fake"] = float(
+                    np.mean(
+                        (scores[real] >= arguments.threshold)
+                        & (result["_scores"][real] < arguments.threshold)
+                    )
+                )
+            pooled[name][0].append(labels)
+            pooled[name][1].append(scores)
+        result["_labels"] = labels
+        report["sources"][entry] = result
+        print(
+            f"{entry}: {len(labels)} images, AUC {result['roc_auc']:.4f}, accuracy {result['accuracy']:.4f}",
+            file=sys.stderr,
+        )
+
+    all_labels = np.concatenate(pooled["clean"][0])
+    all_scores = np.concatenate(pooled["clean"][1])
+    report["all"] = binary_metrics(all_labels, all_scores, threshold=arguments.threshold)
+    report["all"]["reliability"] = reliability_bins(all_labels, all_scores)
+    for name in conditions:
+        if name != "clean":
+            report["all"].setdefault("robustness", {})[name] = binary_metrics(
+                np.concatenate(pooled[name][0]),
+                np.concatenate(pooled[name][1]),
+                threshold=arguments.threshold,
+            )
+
+    if arguments.plots:
+        from stream_detector.plots import plot_confusion_matrix, plot_reliability, plot_roc
+
+        curves = {}
+        for entry, result in report["sources"].items():
+            fpr, tpr, _ = roc_curve(result["_labels"], result["_scores"])
+            curves[Path(entry).name or entry] = (fpr, tpr, result["roc_auc"])
+        fpr, tpr, _ = roc_curve(all_labels, all_scores)
+        curves["all"] = (fpr, tpr, report["all"]["roc_auc"])
+        plot_roc(curves, arguments.plots / "roc.png")
+        plot_confusion_matrix(
+            report["all"]["confusion_matrix_rows"], arguments.plots / "confusion_matrix.png"
+        )
+        plot_reliability(report["all"]["reliability"], arguments.plots / "reliability.png")
+    for result in report["sources"].values():
+        for private in ("_scores", "_labels"):
+            result.pop(private, None)
+    # One entry per --data folder keyed by the path as given, beside "all", so scripts can index it.
+    all_entry = report.pop("all")
+    sources = report.pop("sources")
+    report = {**report, **sources, "all": all_entry}
+    text = json.dumps(report, indent=1)
+    if arguments.json:
+        arguments.json.parent.mkdir(parents=True, exist_ok=True)
+        arguments.json.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.exit(main())
+    except StreamDetectorError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Export a trained .keras model to LiteRT fp32 and dynamic-range int8 beside it (TensorFlow backend).
+
+python scripts/export.py [--model model/detector.keras] [--out model/]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import stream_detector  # noqa: E402,F401  (pylibsrtp before TensorFlow)
+from stream_detector.errors import StreamDetectorError  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=REPO / "model" / "detector.keras")
+    parser.add_argument("--out", type=Path, help="folder for the .tflite files (default: beside --model)")
+    arguments = parser.parse_args(argv)
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    from stream_detector.export import export_all
+    from stream_detector.model import load_keras_model
+
+    model = load_keras_model(arguments.model)
+    for name, path in export_all(model, arguments.out or arguments.model.parent).items():
+        print(f"export: {name} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.exit(main())
+    except StreamDetectorError as error:
+        print(f"export: error: {error}", file=sys.stderr)
+        sys.exit(2)

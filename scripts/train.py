@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Train the detector (or the reference recipe) on real/ + fake/ face folders.
+
+    python scripts/train.py                      # ../shared/data/faces: ffhq-tpdne + dfdc -> model/
+    python scripts/train.py --reference --out runs/reference   # the reference project's recipe
+
+The split is by identity group (DFDC groups.csv), 70/15/15: train, validation (chooses the checkpoint
+and fits calibration), test (chooses nothing; scripts/evaluate.py --split test reports on it).
+Works with KERAS_BACKEND=jax on a GPU; the LiteRT export needs the TensorFlow backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import stream_detector  # noqa: E402,F401  (pylibsrtp before TensorFlow)
+from stream_detector.errors import StreamDetectorError  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "faces"
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", action="append", type=Path, help=f"folder(s) with real/ and fake/ (default {DEFAULT_DATA})"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "model", help="where the model files go")
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="face-crop cache folder")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--low-size", type=int, default=128, help="resolution of the cheap early epochs")
+    parser.add_argument("--low-epochs", type=int, default=12)
+    parser.add_argument("--high-epochs", type=int, default=2, help="final epochs at 224")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--limit", type=int, default=0, help="use at most this many images per source (smoke runs)"
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="the reference recipe: ffhq-tpdne whole images at 128 px, "
+        "no augmentation, Glorot init, Adam 1e-5, no calibration",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def source_folders(data: list[Path] | None) -> dict[str, Path]:
+    from stream_detector.dataset import find_class_folders
+
+    roots = data or [DEFAULT_DATA]
+    folders: dict[str, Path] = {}
+    for root in roots:
+        if not root.exists():
+            raise StreamDetectorError(f"data folder not found: {root}")
+        for folder in find_class_folders(root):
+            # ffhq-tpdne/train and ffhq-tpdne/val are one source; the split is ours, by group.
+            name = (
+                folder.parent.name if folder.name in ("train", "val", "validation", "test") else folder.name
+            )
+            folders.setdefault(name, folder)
+            if folders[name] != folder:
+                folders[f"{name}/{folder.name}"] = folder
+    return folders
+
+
+def merge(sets):
+    import numpy as np
+
+    from stream_detector.dataset import FaceSet
+
+    return FaceSet(
+        sets[0].name.split("/")[0],
+        [crop for faces in sets for crop in faces.crops],
+        np.concatenate([faces.labels for faces in sets]),
+        [file for faces in sets for file in faces.files],
+        [group for faces in sets for group in faces.groups],
+        sum(faces.no_face for faces in sets),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    started = time.time()
+    import keras
+    import numpy as np
+
+    from stream_detector.dataset import load_face_set
+    from stream_detector.model import KERAS_FILE, build_model, fit_platt_scaling, fold_platt_scaling
+    from stream_detector.training import AugmentedBatches, Schedule, plain_batch, split_sources, train
+
+    keras.utils.set_random_seed(arguments.seed)
+    folders = source_folders(arguments.data)
+    grouped: dict[str, list] = {}
+    for name, folder in folders.items():
+        # These sets are face crops already: where no face is found the whole image is the face.
+        faces = load_face_set(
+            folder, no_face="whole", cache_dir=arguments.cache, progress=not arguments.no_progress
+        )
+        grouped.setdefault(name.split("/")[0], []).append(faces)
+        print(f"data: {folder}: {len(faces)} faces ({faces.no_face} without a detected face, used whole)")
+    sources = {name: merge(sets) for name, sets in grouped.items()}
+    if arguments.limit:
+        rng = np.random.default_rng(arguments.seed)
+        sources = {
+            name: faces.subset(sorted(rng.permutation(len(faces))[: arguments.limit]))
+            for name, faces in sources.items()
+        }
+    if arguments.reference:
+        from stream_detector.reference import reference_sources
+
+        sources = reference_sources(sources)
+    splits = split_sources(sources, seed=arguments.seed)
+    for part in ("train", "validation", "test"):
+        counts = {name: len(faces) for name, faces in getattr(splits, part).items()}
+        print(f"split {part}: {counts}")
+
+    if arguments.reference:
+        schedule = Schedule(
+            low_epochs=0,
+            low_size=128,
+            high_epochs=arguments.high_epochs,
+            high_size=128,
+            learning_rate=1e-5,
+            warmup_steps=0,
+        )
+        model = build_model(input_size=128, initializer="glorot_uniform", unit_scale=True)
+        batches = AugmentedBatches(list(splits.train.values()), arguments.batch_size, arguments.seed)
+        result = train(
+            model, _NoAugmentation(batches), splits.validation, schedule, progress=not arguments.no_progress
+        )
+    else:
+        schedule = Schedule(
+            arguments.low_epochs,
+            arguments.low_size,
+            arguments.high_epochs,
+            learning_rate=arguments.learning_rate,
+        )
+        model = build_model(input_size=None)
+        batches = AugmentedBatches(list(splits.train.values()), arguments.batch_size, arguments.seed)
+        result = train(model, batches, splits.validation, schedule, progress=not arguments.no_progress)
+
+    size = schedule.high_size
+    shipped = build_model(input_size=size, unit_scale=arguments.reference)
+    shipped.set_weights(model.get_weights())
+    calibration = None
+    if not arguments.reference:
+        validation_images = np.concatenate([plain_batch(faces, size) for faces in splits.validation.values()])
+        validation_labels = np.concatenate([faces.labels for faces in splits.validation.values()])
+        raw = np.asarray(shipped.predict(validation_images, batch_size=64, verbose=0)).reshape(-1)
+        slope, intercept = fit_platt_scaling(raw, validation_labels)
+        fold_platt_scaling(shipped, slope, intercept)
+        calibration = {
+            "method": "platt",
+            "slope": slope,
+            "intercept": intercept,
+            "fitted_on": "validation split",
+        }
+        print(f"calibration: p = sigmoid({slope:.4f} * logit + {intercept:.4f})")
+
+    arguments.out.mkdir(parents=True, exist_ok=True)
+    shipped.save(arguments.out / KERAS_FILE)
+    minutes = (time.time() - started) / 60
+    record = {
+        "recipe": "reference" if arguments.reference else "stream_detector",
+        "seed": arguments.seed,
+        "backend": keras.backend.backend(),
+        "schedule": schedule.__dict__,
+        "batch_size": arguments.batch_size,
+        "calibration": calibration,
+        "total_minutes": minutes,
+        **result,
+        "splits": {
+            part: {name: faces.files for name, faces in getattr(splits, part).items()}
+            for part in ("train", "validation", "test")
+        },
+    }
+    (arguments.out / "training.json").write_text(json.dumps(record, indent=1))
+    if keras.backend.backend() == "tensorflow":
+        from stream_detector.export import export_all
+
+        for name, path in export_all(shipped, arguments.out).items():
+            print(f"export: {name} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    else:
+        print("export: run scripts/export.py under the TensorFlow backend to write the .tflite files")
+    print(
+        f"done: best epoch {result['best_epoch']}, validation mean AUC {result['best_validation_mean_auc']:.4f}, "
+        f"{minutes:.1f} minutes in all"
+    )
+    return 0
+
+
+class _NoAugmentation:
+    """The reference recipe fed images as they are, only resized."""
+
+    def __init__(self, batches) -> None:
+        self._inner = batches
+        self._batch_size = batches._batch_size
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def epoch(self, size: int):
+        return self._inner.epoch(size, augmented=False)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.exit(main())
+    except StreamDetectorError as error:
+        print(f"train: error: {error}", file=sys.stderr)
+        sys.exit(2)

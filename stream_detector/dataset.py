@@ -1,0 +1,237 @@
+"""Face datasets laid out as ``real/`` and ``fake/`` folders: discovery, decoding, face cropping, splits.
+
+Every image is decoded to pixels (PNG or JPEG alike, whatever its file name says), run through the
+MediaPipe face detector and cut with the one crop convention (``crops.py``). Crops are kept at their
+native resolution so that augmentation can re-compress and resize them as a camera pipeline would,
+before the final resize to 224.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import pickle
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream_detector.crops import CROP_SIZE, crop_square
+from stream_detector.errors import StreamDetectorError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+CLASSES = ("real", "fake")  # label 0, label 1
+# Bump when the crop convention or detector policy changes, so cached crops are rebuilt.
+CROP_CACHE_VERSION = 4
+
+
+@dataclass(frozen=True)
+class FaceSet:
+    """Native-resolution RGB face crops of one folder, with labels (1 = fake) and provenance."""
+
+    name: str
+    crops: list[np.ndarray]
+    labels: np.ndarray
+    files: list[str]
+    groups: list[str]
+    no_face: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: Iterable[int], name: str | None = None) -> FaceSet:
+        indices = list(indices)
+        return FaceSet(
+            name or self.name,
+            [self.crops[i] for i in indices],
+            self.labels[indices],
+            [self.files[i] for i in indices],
+            [self.groups[i] for i in indices],
+            self.no_face,
+        )
+
+
+def find_class_folders(root: Path) -> list[Path]:
+    """Folders under root (root included) that hold both real/ and fake/, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise StreamDetectorError(f"data folder not found: {root}")
+    found = [path for path in [root, *sorted(p for p in root.rglob("*") if p.is_dir())] if _has_classes(path)]
+    if not found:
+        raise StreamDetectorError(f"{root}: no real/ and fake/ folders inside")
+    return found
+
+
+def _has_classes(path: Path) -> bool:
+    return all((path / name).is_dir() for name in CLASSES)
+
+
+def list_images(folder: Path) -> list[tuple[Path, int]]:
+    """(file, label) for every image in folder/real and folder/fake; an empty class is an error."""
+    if not _has_classes(folder):
+        raise StreamDetectorError(f"{folder}: expected real/ and fake/ folders")
+    items: list[tuple[Path, int]] = []
+    for label, name in enumerate(CLASSES):
+        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise StreamDetectorError(f"{folder / name}: no images (class '{name}' is empty)")
+        items.extend((path, label) for path in files)
+    return items
+
+
+def read_groups(folder: Path) -> dict[str, str]:
+    """file name -> identity group from groups.csv (DFDC), or empty when the folder has none."""
+    path = folder / "groups.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        return {row["file"]: row["group"] for row in csv.DictReader(handle)}
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """BGR pixels of an image file, whatever its extension claims; one-line error if unreadable."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise StreamDetectorError(f"unreadable image: {path}")
+    return image
+
+
+class StillFaceFinder:
+    """The detector policy for still photos: short range first (close faces), then full range."""
+
+    def __init__(self) -> None:
+        from stream_detector.faces import MediaPipeFaceDetector
+
+        self._detectors = [
+            MediaPipeFaceDetector("short", min_confidence=0.5, min_face_size=16, video=False),
+            MediaPipeFaceDetector("full", min_confidence=0.5, min_face_size=16, video=False),
+        ]
+
+    def find(self, image_bgr: np.ndarray) -> np.ndarray | None:
+        """The largest face box (x1, y1, x2, y2), or None."""
+        from stream_detector.types import Frame
+
+        frame = Frame(image_bgr, 0, 0.0)
+        for detector in self._detectors:
+            faces = detector.detect(frame)
+            if len(faces):
+                areas = (faces.boxes[:, 2] - faces.boxes[:, 0]) * (faces.boxes[:, 3] - faces.boxes[:, 1])
+                return faces.boxes[int(np.argmax(areas))]
+        return None
+
+    def close(self) -> None:
+        for detector in self._detectors:
+            detector.close()
+
+
+def native_crop(image_bgr: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """RGB crop by the shared convention, at native resolution; the whole image when box is None."""
+    if box is None:
+        region = image_bgr
+    else:
+        x, y, side = crop_square(box, image_bgr.shape)
+        region = image_bgr[y : y + side, x : x + side]
+    return np.ascontiguousarray(cv2.cvtColor(region, cv2.COLOR_BGR2RGB))
+
+
+def load_face_set(
+    folder: str | Path,
+    no_face: str = "skip",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    name: str | None = None,
+) -> FaceSet:
+    """Decode, detect and crop every image of a real/fake folder.
+
+    ``no_face``: what to do with an image where no face is found — ``skip`` it (one log line each),
+    use the ``whole`` image (right for sets that are already face crops), or stop with an ``error``.
+    """
+    folder = Path(folder)
+    items = list_images(folder)
+    groups = read_groups(folder)
+    key = hashlib.sha256(
+        repr(
+            (
+                CROP_CACHE_VERSION,
+                no_face,
+                [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in items],
+            )
+        ).encode()
+    ).hexdigest()[:16]
+    cache_path = Path(cache_dir) / f"faces-{folder.name}-{key}.pkl" if cache_dir else None
+    if cache_path and cache_path.is_file():
+        with cache_path.open("rb") as handle:
+            return pickle.load(handle)
+
+    from tqdm import tqdm
+
+    finder = StillFaceFinder()
+    crops, labels, files, file_groups, missing = [], [], [], [], 0
+    try:
+        for path, label in tqdm(
+            items, desc=f"faces {folder.name}", unit="img", disable=not progress, leave=False
+        ):
+            image = decode_image(path)
+            box = finder.find(image)
+            if box is None:
+                missing += 1
+                if no_face == "error":
+                    raise StreamDetectorError(f"no face found in {path}")
+                if no_face == "skip":
+                    log.warning("no face found in %s: skipped", path)
+                    continue
+            crops.append(native_crop(image, box))
+            labels.append(label)
+            files.append(str(path))
+            # Without a group file every image is its own group (its path: names repeat across folders).
+            file_groups.append(groups.get(path.name, str(path)))
+    finally:
+        finder.close()
+    for label, class_name in enumerate(CLASSES):
+        if label not in labels:
+            raise StreamDetectorError(f"{folder / class_name}: no usable face images")
+    result = FaceSet(name or folder.name, crops, np.array(labels, np.int32), files, file_groups, missing)
+    if cache_path:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_path.with_suffix(".tmp")
+        with temporary.open("wb") as handle:
+            pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        temporary.replace(cache_path)
+    return result
+
+
+def split_by_group(groups: list[str], fractions: dict[str, float], seed: int = 0) -> dict[str, list[int]]:
+    """Indices per split so that every group lands in exactly one split (no identity on two sides)."""
+    unique = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    names = list(fractions)
+    bounds = np.cumsum([fractions[name] for name in names]) / sum(fractions.values())
+    assignment = {}
+    for rank, position in enumerate(order):
+        share = (rank + 0.5) / len(unique)
+        assignment[unique[position]] = names[int(np.searchsorted(bounds, share))]
+    return {name: [i for i, group in enumerate(groups) if assignment[group] == name] for name in names}
+
+
+def resize_crop(crop_rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """A native crop to the model's input size, with the interpolation the live engine uses."""
+    if crop_rgb.shape[:2] == (size, size):
+        return crop_rgb
+    interpolation = cv2.INTER_AREA if crop_rgb.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(crop_rgb, (size, size), interpolation=interpolation)
+
+
+def jpeg(image_rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, encoded = cv2.imencode(
+        ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
+    if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
+        raise RuntimeError("JPEG encoding failed")
+    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

@@ -1,0 +1,163 @@
+"""Training: splits, batches with augmentation, a progressive-resolution schedule, checkpoint choice.
+
+Backend-agnostic Keras 3 (TensorFlow on the CPU, JAX on a GPU); nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_detector.augment import augment
+from stream_detector.dataset import FaceSet, resize_crop, split_by_group
+from stream_detector.metrics import binary_metrics
+
+SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Per source: train / validation (checkpoint choice and calibration) / test (never chooses anything)."""
+
+    train: dict[str, FaceSet]
+    validation: dict[str, FaceSet]
+    test: dict[str, FaceSet]
+
+
+def split_sources(sources: dict[str, FaceSet], seed: int) -> Splits:
+    """Split each source by identity group (DFDC's groups.csv; each file its own group elsewhere)."""
+    train, validation, test = {}, {}, {}
+    for name, faces in sources.items():
+        parts = split_by_group(faces.groups, SPLIT_FRACTIONS, seed=seed)
+        train[name] = faces.subset(parts["train"], f"{name}/train")
+        validation[name] = faces.subset(parts["validation"], f"{name}/validation")
+        test[name] = faces.subset(parts["test"], f"{name}/test")
+    return Splits(train, validation, test)
+
+
+def plain_batch(faces: FaceSet, size: int) -> np.ndarray:
+    """Unaugmented model inputs: each crop resized exactly as the live engine resizes it."""
+    return np.stack([resize_crop(crop, size) for crop in faces.crops]).astype(np.float32)
+
+
+class AugmentedBatches:
+    """An endless stream of shuffled, augmented, class-mixed batches from several sources."""
+
+    def __init__(self, sources: list[FaceSet], batch_size: int, seed: int) -> None:
+        self._crops = [crop for faces in sources for crop in faces.crops]
+        self._labels = np.concatenate([faces.labels for faces in sources]).astype(np.float32)
+        self._batch_size = batch_size
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def epoch(self, size: int, augmented: bool = True):
+        order = self._rng.permutation(len(self._labels))
+        for start in range(0, len(order) - self._batch_size + 1, self._batch_size):
+            chosen = order[start : start + self._batch_size]
+            if augmented:
+                images = [augment(self._crops[i], self._rng, size) for i in chosen]
+            else:
+                images = [resize_crop(self._crops[i], size) for i in chosen]
+            yield np.stack(images).astype(np.float32), self._labels[chosen].reshape(-1, 1)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Epochs at a low resolution (cheap) followed by epochs at the model's 224 input."""
+
+    low_epochs: int
+    low_size: int
+    high_epochs: int
+    high_size: int = 224
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+
+    def sizes(self) -> list[int]:
+        return [self.low_size] * self.low_epochs + [self.high_size] * self.high_epochs
+
+
+def cosine_with_warmup(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def validation_score(
+    predict: Callable[[np.ndarray], np.ndarray], validation: dict[str, FaceSet], size: int
+) -> dict:
+    """Per-source metrics on clean validation crops, plus the mean AUC used to choose the checkpoint."""
+    report = {}
+    for name, faces in validation.items():
+        scores = predict(plain_batch(faces, size))
+        report[name] = binary_metrics(faces.labels, scores)
+    report["mean_auc"] = float(np.mean([report[name]["roc_auc"] for name in validation]))
+    return report
+
+
+def train(
+    model,
+    batches: AugmentedBatches,
+    validation: dict[str, FaceSet],
+    schedule: Schedule,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
+    """Train in place; restore the weights of the epoch with the best mean validation AUC."""
+    import keras
+    from tqdm import tqdm
+
+    optimizer = keras.optimizers.Adam(schedule.learning_rate)
+    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(label_smoothing=0.02))
+    steps_per_epoch = len(batches) // batches._batch_size
+    total_steps = steps_per_epoch * len(schedule.sizes())
+    step, best, history, started = 0, None, [], time.time()
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        outputs = [np.asarray(model(images[i : i + 64], training=False)) for i in range(0, len(images), 64)]
+        return np.concatenate(outputs).reshape(-1)
+
+    for epoch, size in enumerate(schedule.sizes(), start=1):
+        losses = []
+        bar = tqdm(
+            batches.epoch(size), total=steps_per_epoch, desc=f"epoch {epoch} @{size}px", disable=not progress
+        )
+        for images, labels in bar:
+            optimizer.learning_rate.assign(
+                cosine_with_warmup(step, total_steps, schedule.learning_rate, schedule.warmup_steps)
+            )
+            losses.append(float(model.train_on_batch(images, labels)))
+            step += 1
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        report = validation_score(predict, validation, schedule.high_size)
+        entry = {
+            "epoch": epoch,
+            "size": size,
+            "train_loss": float(np.mean(losses)),
+            "validation_mean_auc": report["mean_auc"],
+            **{f"validation_auc_{name}": report[name]["roc_auc"] for name in validation},
+            "minutes": (time.time() - started) / 60,
+        }
+        history.append(entry)
+        log(
+            " ".join(
+                f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}"
+                for key, value in entry.items()
+            )
+        )
+        if best is None or report["mean_auc"] >= best[0]:
+            best = (report["mean_auc"], epoch, [weight.copy() for weight in model.get_weights()])
+    model.set_weights(best[2])
+    return {
+        "history": history,
+        "best_epoch": best[1],
+        "best_validation_mean_auc": best[0],
+        "minutes": (time.time() - started) / 60,
+    }

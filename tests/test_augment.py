@@ -1,0 +1,28 @@
+import numpy as np
+
+from stream_detector.augment import augment
+from stream_detector.dataset import jpeg
+
+
+def test_augment_gives_model_sized_uint8_views_that_vary():
+    rng = np.random.default_rng(0)
+    crop = np.random.default_rng(1).integers(0, 256, (116, 116, 3), dtype=np.uint8)
+    views = [augment(crop, rng) for _ in range(20)]
+    assert all(view.shape == (224, 224, 3) and view.dtype == np.uint8 for view in views)
+    assert len({view.tobytes() for view in views}) == 20
+
+
+def test_both_classes_are_recompressed_alike():
+    # The shortcut trap: a lossless image must come out JPEG-compressed as often as a JPEG one.
+    rng = np.random.default_rng(0)
+    smooth = np.tile(np.linspace(0, 255, 128, dtype=np.uint8)[None, :, None], (128, 1, 3))
+    lossless, compressed = smooth, jpeg(smooth, 75)
+
+    def blockiness(image):
+        # Energy on the 8-pixel grid that JPEG leaves behind, relative to elsewhere.
+        columns = np.abs(np.diff(image.astype(np.float32), axis=1)).mean(axis=(0, 2))
+        return columns[7::8].mean() / (columns.mean() + 1e-6)
+
+    a = np.mean([blockiness(augment(lossless, rng, size=128)) for _ in range(60)])
+    b = np.mean([blockiness(augment(compressed, rng, size=128)) for _ in range(60)])
+    assert abs(a - b) / b < 0.25

@@ -1,0 +1,51 @@
+import cv2
+import numpy as np
+import pytest
+
+from stream_detector.dataset import decode_image, find_class_folders, list_images, native_crop, split_by_group
+from stream_detector.errors import StreamDetectorError
+
+
+def write_image(path, image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), image)
+
+
+def test_png_named_jpg_decodes_to_the_same_pixels(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "x.png"), image)
+    (tmp_path / "x.png").rename(tmp_path / "x.jpg")
+    np.testing.assert_array_equal(decode_image(tmp_path / "x.jpg"), image)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(StreamDetectorError, match="unreadable image: .*broken.jpg"):
+        decode_image(tmp_path / "broken.jpg")
+
+
+def test_class_folders_are_found_and_empty_classes_refused(tmp_path):
+    with pytest.raises(StreamDetectorError, match="no real/ and fake/"):
+        find_class_folders(tmp_path)
+    write_image(tmp_path / "set" / "real" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "set" / "fake").mkdir()
+    assert find_class_folders(tmp_path) == [tmp_path / "set"]
+    with pytest.raises(StreamDetectorError, match="fake.*empty"):
+        list_images(tmp_path / "set")
+
+
+def test_group_split_never_puts_one_identity_on_two_sides():
+    rng = np.random.default_rng(1)
+    groups = [f"person{rng.integers(0, 300)}" for _ in range(2000)]
+    parts = split_by_group(groups, {"train": 0.7, "validation": 0.15, "test": 0.15}, seed=3)
+    seen = [{groups[i] for i in indices} for indices in parts.values()]
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    assert sum(len(indices) for indices in parts.values()) == len(groups)
+    assert 0.6 < len(parts["train"]) / len(groups) < 0.8
+
+
+def test_native_crop_follows_the_shared_convention():
+    image = np.zeros((300, 400, 3), np.uint8)
+    crop = native_crop(image, np.array([150, 100, 250, 200], np.float32))
+    assert crop.shape == (150, 150, 3)
+    assert native_crop(image, None).shape == (300, 400, 3)

@@ -1,0 +1,99 @@
+"""Bad input to the training and evaluation scripts: one line naming the problem, never a traceback."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from stream_detector.errors import StreamDetectorError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_set(root, real=2, fake=2, size=64):
+    rng = np.random.default_rng(0)
+    for name, count in (("real", real), ("fake", fake)):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            cv2.imwrite(
+                str(root / name / f"{index}.png"), rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            )
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluate():
+    return load_script("evaluate")
+
+
+def test_folder_without_classes(evaluate, tmp_path):
+    with pytest.raises(StreamDetectorError, match=f"{tmp_path}: no real/ and fake/"):
+        evaluate.main(["--data", str(tmp_path)])
+
+
+def test_missing_folder(evaluate, tmp_path):
+    with pytest.raises(StreamDetectorError, match="data folder not found: .*nowhere"):
+        evaluate.main(["--data", str(tmp_path / "nowhere")])
+
+
+def test_empty_class(evaluate, tmp_path):
+    make_set(tmp_path, fake=0)
+    with pytest.raises(StreamDetectorError, match="fake.*empty"):
+        evaluate.main(["--data", str(tmp_path), "--cache", str(tmp_path / "cache")])
+
+
+def test_unreadable_image(evaluate, tmp_path):
+    make_set(tmp_path)
+    (tmp_path / "fake" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(StreamDetectorError, match="unreadable image: .*broken.jpg"):
+        evaluate.main(["--data", str(tmp_path), "--cache", str(tmp_path / "cache")])
+
+
+def test_images_with_no_face(evaluate, tmp_path):
+    make_set(tmp_path)  # noise: no face anywhere
+    with pytest.raises(StreamDetectorError, match="no face found in .*0.png"):
+        evaluate.main(["--data", str(tmp_path), "--no-face", "error", "--cache", str(tmp_path / "cache")])
+    with pytest.raises(StreamDetectorError, match="no usable face images"):
+        evaluate.main(["--data", str(tmp_path), "--cache", str(tmp_path / "cache")])
+
+
+def test_missing_and_corrupt_model(evaluate, tmp_path):
+    make_set(tmp_path)
+    with pytest.raises(StreamDetectorError, match="model file missing: .*absent.keras"):
+        evaluate.main(["--data", str(tmp_path), "--model", str(tmp_path / "absent.keras")])
+    (tmp_path / "bad.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(StreamDetectorError, match="model file corrupt or unreadable: .*bad.keras"):
+        evaluate.main(["--data", str(tmp_path), "--model", str(tmp_path / "bad.keras")])
+    (tmp_path / "bad.tflite").write_bytes(b"nonsense")
+    with pytest.raises(StreamDetectorError, match="model file corrupt or unreadable: .*bad.tflite"):
+        evaluate.main(["--data", str(tmp_path), "--model", str(tmp_path / "bad.tflite")])
+
+
+def test_train_refuses_a_folder_without_classes(tmp_path):
+    with pytest.raises(StreamDetectorError, match="no real/ and fake/"):
+        load_script("train").main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("script", ["evaluate", "train"])
+def test_command_line_prints_one_line_and_exits_2(script, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / f"{script}.py"), "--data", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if f"{script}: error:" in line]
+    assert len(lines) == 1 and "missing" in lines[0]
