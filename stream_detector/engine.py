@@ -7,6 +7,7 @@ Public API (kept stable; the daemon and the WebRTC server build on it)::
     engine = build_engine(settings)            # real MediaPipe detector + LiteRT/Keras classifier
     result = engine.process(frame)             # one frame -> FrameResult
     results = engine.process_batch(frames)     # frames of *different* sources, ONE classifier call
+    engine.prepare("cam-2")                    # optional: start a source's detector before its frames
     engine.close_source("cam-2")               # forget a source (peer left, camera removed)
     engine.close()
 
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from stream_detector.crops import crop_face
+from stream_detector.crops import CROP_SIZE, crop_face
 from stream_detector.smoothing import Smoother, SmootherSettings
 from stream_detector.tracking import Tracker, TrackerSettings, appearance_descriptor
 from stream_detector.types import Classifier, FaceDetector, Frame, Stats, TrackedFace, Verdict
@@ -320,6 +321,14 @@ class Engine:
             unusable_ids=frozenset(item.unusable_ids),
             fps=fps,
         )
+
+    def prepare(self, source_id: str = "0") -> None:
+        """Create a source's detector now, and run the classifier once: starting MediaPipe takes
+        seconds, which a live source would otherwise spend dropping frames behind the first one."""
+        with self._lock:
+            self._state(source_id)
+            if self.classified_total == 0:
+                self.classifier.classify(np.zeros((1, CROP_SIZE, CROP_SIZE, 3), np.uint8))
 
     def sources(self) -> list[str]:
         with self._lock:

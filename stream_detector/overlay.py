@@ -27,7 +27,7 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def _scale(image: np.ndarray) -> float:
-    return max(min(image.shape[:2]) / 720.0, 0.4)
+    return max(min(image.shape[:2]) / 720.0, 0.7)
 
 
 def hud_text(stats: Stats) -> str:

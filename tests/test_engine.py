@@ -1,7 +1,6 @@
 import cv2
 import numpy as np
 import pytest
-from media import Placement, box_iou, compose, head_patch, moving_face_frames
 
 from stream_detector.engine import (
     STAGES,
@@ -14,6 +13,7 @@ from stream_detector.engine import (
 )
 from stream_detector.smoothing import SmootherSettings
 from stream_detector.types import Classifier, FaceDetector, Faces, Frame, VerdictState
+from tests.media import Placement, box_iou, compose, head_patch, moving_face_frames
 
 
 class ScriptedDetector:

@@ -5,7 +5,6 @@ import time
 import cv2
 import numpy as np
 import pytest
-from media import background, write_video
 
 from stream_detector import sources
 from stream_detector.errors import SourceError
@@ -18,6 +17,7 @@ from stream_detector.sources import (
     open_source,
 )
 from stream_detector.types import Frame, FrameSource
+from tests.media import background, write_video
 
 
 def numbered_frames(count, width=160, height=120):

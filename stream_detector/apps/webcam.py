@@ -1,15 +1,211 @@
-"""Placeholder until this app is built; replaced by its issue's work."""
+"""``stream-detector webcam``: the live overlay window on a camera, a video file, an image or a stream.
+
+Keys: q or Esc quits, p pauses (frames keep being taken and dropped, so un-pausing shows *now*),
+s saves the annotated frame as a PNG. Closing the window quits too.
+
+Threads: a capture thread (sources.LatestFrameReader) keeps only the newest frame; the main thread
+runs the engine, draws and shows. So when the engine is slower than the camera the window shows the
+newest picture with a constant lag, and the HUD counts the frames dropped on the way.
+
+No display, no GUI in OpenCV, or no camera: one line saying what to do instead. ``cv2.imshow`` on a
+display that cannot be opened aborts the process from C++, so the display is checked first.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+import time
+from pathlib import Path
 
-from stream_detector.errors import StreamDetectorError
+from stream_detector.errors import SourceError, StreamDetectorError
+
+log = logging.getLogger(__name__)
+
+QUIT_KEYS = {ord("q"), ord("Q"), 27}
+PAUSE_KEYS = {ord("p"), ord("P")}
+SNAPSHOT_KEYS = {ord("s"), ord("S")}
+ALTERNATIVES = (
+    "to try it without a camera, run on a file (stream-detector webcam --source clip.mp4), "
+    "an RTSP/HTTP stream (--source rtsp://host:8554/path), or open the WebRTC page (stream-detector serve)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--source",
+        default="0",
+        help="camera index (default 0), video file, image, folder of images, or rtsp://, http(s):// URL",
+    )
+    parser.add_argument("--backend", default="auto", help="classifier: auto (default), int8, fp32, keras")
+    parser.add_argument(
+        "--range",
+        dest="detector_range",
+        default="full",
+        choices=("full", "short"),
+        help="face detector model",
+    )
+    parser.add_argument("--min-face-size", type=int, default=24, help="ignore faces smaller than this (px)")
+    parser.add_argument(
+        "--classify-hz", type=float, default=15.0, help="classifications per second per face (0: every frame)"
+    )
+    parser.add_argument("--loop", action="store_true", help="play a video file again at its end")
+    parser.add_argument("--snapshot-dir", default=".", help="where the s key saves PNGs (default: here)")
+    parser.add_argument("--title", default="stream-detector", help="window title")
+    parser.add_argument("--max-seconds", type=float, default=None, help="quit after this many seconds")
+
+
+def check_display() -> None:
+    """Raise a StreamDetectorError unless a window can be opened (instead of OpenCV's abort)."""
+    import cv2
+
+    gui = [line for line in cv2.getBuildInformation().splitlines() if line.strip().startswith("GUI:")]
+    if gui and gui[0].split(":", 1)[1].strip().upper() in ("NONE", "NO"):
+        raise StreamDetectorError(
+            "this OpenCV build has no GUI support, so no window can open; use "
+            "`stream-detector scan FILE --output annotated.mp4` or `stream-detector serve`"
+        )
+    if not sys.platform.startswith("linux"):
+        return
+    display = os.environ.get("DISPLAY")
+    if not display:
+        if os.environ.get("WAYLAND_DISPLAY"):
+            return
+        raise StreamDetectorError(
+            "no display (DISPLAY is not set), so no window can open: run it in a desktop session "
+            "(or under Xvfb), or use `stream-detector scan FILE --output annotated.mp4` or `stream-detector serve`"
+        )
+    library = ctypes.util.find_library("X11")
+    if library is None:
+        return  # Qt may still manage (e.g. its own xcb); nothing to probe with
+    x11 = ctypes.CDLL(library)
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    connection = x11.XOpenDisplay(display.encode())
+    if not connection:
+        raise StreamDetectorError(
+            f"cannot open display {display!r} (no X server there?), so no window can open; "
+            "use `stream-detector scan FILE --output annotated.mp4` or `stream-detector serve`"
+        )
+    x11.XCloseDisplay(connection)
+
+
+def open_live_source(spec: str, loop: bool):
+    from stream_detector.sources import open_source
+
+    try:
+        return open_source(spec, realtime=True, loop=loop)
+    except SourceError as error:
+        if spec.strip().isdigit():
+            raise SourceError(f"{error}; {ALTERNATIVES}") from None
+        raise
+
+
+def snapshot_path(directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for number in range(1000):
+        path = directory / f"snapshot-{stamp}-{number:03d}.png"
+        if not path.exists():
+            return path
+    raise StreamDetectorError(f"too many snapshots this second in {directory}")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise StreamDetectorError("this command is not built yet")
+    source = open_live_source(args.source, args.loop)
+    try:
+        check_display()
+    except StreamDetectorError:
+        source.close()
+        raise
+
+    import cv2
+
+    from stream_detector.engine import EngineSettings, PerformanceMeter, build_engine, monotonic_ms
+    from stream_detector.overlay import draw
+    from stream_detector.sources import LatestFrameReader
+
+    try:
+        settings = EngineSettings(
+            detector_range=args.detector_range,
+            min_face_size=args.min_face_size,
+            classify_hz=args.classify_hz,
+            backend=args.backend,
+        )
+    except ValueError as error:
+        source.close()
+        raise StreamDetectorError(str(error)) from None
+    try:
+        engine = build_engine(settings)
+        engine.prepare(getattr(source, "source_id", "0"))
+    except BaseException:
+        source.close()
+        raise
+
+    reader = LatestFrameReader(source)
+    meter = PerformanceMeter()
+    title = args.title
+    cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
+    started = time.monotonic()
+    shown = 0
+    paused = False
+    image = None
+    first_verdicts: list[float] = []
+    reason = "quit"
+    try:
+        while True:
+            frame = reader.read(timeout=0.03)
+            if frame is None and reader.ended:
+                reason = "end of source"
+                break
+            if frame is not None and not paused:
+                result = engine.process(frame)
+                stats = meter.stats(dropped_frames=reader.dropped, backend=engine.backend)
+                image = draw(frame.image, result.verdicts, stats, copy=False)
+                cv2.imshow(title, image)
+                # Live sources stamp frames with the monotonic clock at capture: this is capture-to-overlay.
+                meter.record(latency_ms=monotonic_ms() - frame.timestamp_ms)
+                shown += 1
+                first_verdicts.extend(
+                    verdict.first_verdict_ms
+                    for verdict in result.verdicts
+                    if verdict.first_verdict_ms is not None and verdict.since_ms == frame.timestamp_ms
+                )
+            key = cv2.waitKey(1) & 0xFF
+            if key in QUIT_KEYS:
+                break
+            if key in PAUSE_KEYS and image is not None:
+                paused = not paused
+                shown_image = draw(image, [], status="PAUSED - p to resume") if paused else image
+                cv2.imshow(title, shown_image)
+            if key in SNAPSHOT_KEYS and image is not None:
+                path = snapshot_path(args.snapshot_dir)
+                cv2.imwrite(str(path), image)
+                print(f"snapshot saved: {path}", file=sys.stderr, flush=True)
+            if shown and cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) < 1:
+                reason = "window closed"
+                break
+            if args.max_seconds is not None and time.monotonic() - started >= args.max_seconds:
+                reason = "time limit"
+                break
+    finally:
+        reader.close()
+        engine.close()
+        cv2.destroyAllWindows()
+        cv2.waitKey(1)
+    elapsed = time.monotonic() - started
+    summary = (
+        f"webcam: {reason}: {shown} frames shown in {elapsed:.1f} s ({shown / max(elapsed, 1e-9):.1f} fps), "
+        f"{reader.dropped} dropped, latency p50 {meter.latency_percentile(50):.0f} ms "
+        f"p95 {meter.latency_percentile(95):.0f} ms, {engine.description}"
+    )
+    if first_verdicts:
+        summary += f", first verdict after {min(first_verdicts):.0f} ms"
+    print(summary, file=sys.stderr, flush=True)
+    return 0
