@@ -1,15 +1,136 @@
-"""Placeholder until this app is built; replaced by its issue's work."""
+"""``stream-detector serve``: the WebRTC call check page on the shared engine.
+
+A browser opens the page, sends its camera over WebRTC, and gets the annotated video and a verdict
+panel back; the same page scans uploaded image and video files. See stream_detector/webrtc/.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import ssl
 
 from stream_detector.errors import StreamDetectorError
 
+log = logging.getLogger(__name__)
+
+TOKEN_ENVIRONMENT = "STREAM_DETECTOR_TOKEN"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only, media stays on loopback)",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument(
+        "--max-peers", type=int, default=4, help="concurrent calls; the next one is refused (default 4)"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENVIRONMENT),
+        help=f"access token required by /offer and /scan (default: ${TOKEN_ENVIRONMENT}); "
+        "open the page as /?token=...",
+    )
+    parser.add_argument(
+        "--backend", default="auto", help="classifier backend: auto, int8, fp32, keras (default auto)"
+    )
+    parser.add_argument(
+        "--classify-hz",
+        type=float,
+        default=15.0,
+        help="classifications per second per face; 0 = every frame (default 15)",
+    )
+    parser.add_argument(
+        "--detector-range", choices=("full", "short"), default="full", help="BlazeFace model (default full)"
+    )
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=200.0, help="largest file /scan accepts (default 200)"
+    )
+    parser.add_argument(
+        "--certfile", help="TLS certificate (browsers only allow the camera on https:// or localhost)"
+    )
+    parser.add_argument("--keyfile", help="TLS private key for --certfile")
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise StreamDetectorError(f"--port must be 0..65535, not {args.port}")
+    if args.max_peers < 1:
+        raise StreamDetectorError(f"--max-peers must be at least 1, not {args.max_peers}")
+    if args.max_upload_mb <= 0:
+        raise StreamDetectorError(f"--max-upload-mb must be positive, not {args.max_upload_mb}")
+    if args.classify_hz < 0:
+        raise StreamDetectorError(f"--classify-hz must be >= 0, not {args.classify_hz}")
+    if args.keyfile and not args.certfile:
+        raise StreamDetectorError("--keyfile needs --certfile")
+
+
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.certfile, args.keyfile)
+    except (OSError, ssl.SSLError) as error:
+        raise StreamDetectorError(f"cannot load TLS certificate {args.certfile}: {error}") from None
+    return context
 
 
 def run(args: argparse.Namespace) -> int:
-    raise StreamDetectorError("this command is not built yet")
+    _check(args)
+    # aiortc (and with it libsrtp) before anything that loads TensorFlow or MediaPipe.
+    from aiohttp import web
+
+    from stream_detector.engine import EngineSettings, build_engine
+    from stream_detector.webrtc.annotator import EngineAnnotator
+    from stream_detector.webrtc.ice import host_addresses_for, is_loopback
+    from stream_detector.webrtc.scanning import build_scanner
+    from stream_detector.webrtc.server import ServerSettings, create_app
+
+    ssl_context = _ssl_context(args)
+    local_addresses = host_addresses_for(args.host)
+    settings = ServerSettings(
+        max_peers=args.max_peers,
+        token=args.token or None,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        ice_addresses=tuple(local_addresses) if local_addresses else None,
+        # Bound to loopback, only loopback candidates are accepted: media never leaves this machine.
+        remote_addresses=tuple(local_addresses) if local_addresses and is_loopback(args.host) else None,
+    )
+    if not is_loopback(args.host) and not settings.token:
+        log.warning("serving on %s without --token: anyone who can reach it can use it", args.host)
+
+    engine_settings = EngineSettings(
+        classify_hz=args.classify_hz, backend=args.backend, detector_range=args.detector_range
+    )
+    engine = build_engine(engine_settings)
+    annotator = EngineAnnotator(engine)
+    scanner = build_scanner(engine_settings)
+    app = create_app(settings, annotator, scanner)
+    scheme = "https" if ssl_context else "http"
+    shown_host = "127.0.0.1" if args.host in ("", "0.0.0.0", "::") else args.host
+    query = "?token=..." if settings.token else ""
+    try:
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            ssl_context=ssl_context,
+            print=lambda _: print(
+                f"stream-detector serve: open {scheme}://{shown_host}:{args.port}/{query} "
+                f"({engine.description}; Ctrl+C to stop)",
+                flush=True,
+            ),
+            access_log=None,
+            handle_signals=True,
+        )
+    except OSError as error:
+        raise StreamDetectorError(
+            f"cannot listen on {args.host}:{args.port}: {error.strerror or error}"
+        ) from None
+    finally:
+        annotator.close()
+    return 0

@@ -1,0 +1,258 @@
+"""Benchmark the WebRTC call check: returned fps and added latency with 1 and with 4 peers.
+
+Starts ``stream-detector serve`` (the real engine) on 127.0.0.1 in a subprocess, then connects aiortc
+sender peers from this process. Each sends 640x480 frames at 30 fps of a moving real face (the
+astronaut photo; needs scikit-image from the test extras), with its frame number stamped into the
+picture; the number read back from each annotated frame gives the latency from capture (the frame
+handed to the sender's encoder) to the annotated frame decoded back at the sender. Everything stays on
+loopback. The senders receive like a browser does (a frame is complete at its RTP marker bit;
+``--stock-receiver`` uses aiortc's own buffer, which waits for the next frame's first packet).
+
+    .venv/bin/python scripts/benchmark_webrtc.py [--peers 1 4] [--seconds 10] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPOSITORY))
+
+import aiohttp  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+import stream_detector  # noqa: E402,F401  (pylibsrtp first)
+from stream_detector.webrtc.client import StampedTrack, frame_stamp, read_frames, start_call  # noqa: E402
+from stream_detector.webrtc.ice import restrict_host_addresses  # noqa: E402
+from stream_detector.webrtc.latency import marker_frame_assembly  # noqa: E402
+
+WIDTH, HEIGHT, FPS = 640, 480, 30
+
+
+@dataclass
+class PeerFigures:
+    returned: int
+    fps: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    server_latency_p50_ms: float
+    dropped: int
+    messages: int
+    messages_with_faces: int
+
+
+@dataclass
+class RunFigures:
+    peers: int
+    seconds: float
+    fps_per_peer: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    server_latency_p50_ms: float
+    per_peer: list[PeerFigures]
+
+
+def face_frames(count: int, phase: float) -> list[np.ndarray]:
+    """A real face (the astronaut's head) drifting over a plain background."""
+    import skimage.data
+
+    photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    head = photo[0:240, 100:340]
+    frames = []
+    for index in range(count):
+        angle = 2 * np.pi * (index / count + phase)
+        x = int(WIDTH / 2 - 120 + 140 * np.sin(angle))
+        y = int(HEIGHT / 2 - 130 + 30 * np.cos(angle))
+        column = np.linspace(70, 130, HEIGHT, dtype=np.float32).astype(np.uint8)
+        frame = np.repeat(np.repeat(column[:, None], WIDTH, axis=1)[:, :, None], 3, axis=2).copy()
+        frame[y : y + 240, x : x + 240] = head
+        frames.append(frame)
+    return frames
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def wait_for_server(http: aiohttp.ClientSession, base: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with {server.returncode}")
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(f"{base}/status") as response:
+                if response.status == 200:
+                    return
+        await asyncio.sleep(0.5)
+    raise SystemExit("the server did not start within 120 s")
+
+
+async def measure(base: str, peers: int, seconds: float, warmup: float) -> RunFigures:
+    async with aiohttp.ClientSession() as http:
+        tracks, calls = [], []
+        for peer in range(peers):
+            frames = face_frames(90, phase=peer / max(peers, 1))
+            track = StampedTrack(lambda index, frames=frames: frames[index % len(frames)], fps=FPS)
+            tracks.append(track)
+            calls.append(await start_call(http, base, track))
+        returned_tracks = [await asyncio.wait_for(call.returned, 20) for call in calls]
+
+        window = {"open": False}
+        latencies: list[list[float]] = [[] for _ in range(peers)]
+        seen: list[set[int]] = [set() for _ in range(peers)]
+
+        def collector(peer: int):
+            def on_frame(frame, arrived: float) -> None:
+                if not window["open"]:
+                    return
+                stamp = frame_stamp(frame)
+                sent = tracks[peer].sent_at.get(stamp) if stamp is not None else None
+                if sent is None or stamp in seen[peer]:
+                    return
+                seen[peer].add(stamp)
+                latencies[peer].append((arrived - sent) * 1000.0)
+
+            return on_frame
+
+        stop = asyncio.Event()
+        readers = [
+            asyncio.create_task(read_frames(track, collector(peer), stop))
+            for peer, track in enumerate(returned_tracks)
+        ]
+        await asyncio.sleep(warmup)
+        first_message = [len(call.messages) for call in calls]
+        window["open"] = True
+        started = time.monotonic()
+        await asyncio.sleep(seconds)
+        window["open"] = False
+        elapsed = time.monotonic() - started
+        stop.set()
+
+        per_peer = []
+        for peer, call in enumerate(calls):
+            messages = call.messages[first_message[peer] :]
+            server_latencies = [message["latency_ms"] for message in messages] or [0.0]
+            values = sorted(latencies[peer]) or [float("nan")]
+            per_peer.append(
+                PeerFigures(
+                    returned=len(latencies[peer]),
+                    fps=len(latencies[peer]) / elapsed,
+                    latency_p50_ms=float(np.percentile(values, 50)),
+                    latency_p95_ms=float(np.percentile(values, 95)),
+                    server_latency_p50_ms=float(np.percentile(server_latencies, 50)),
+                    dropped=messages[-1]["dropped"] - (messages[0]["dropped"] if messages else 0)
+                    if messages
+                    else 0,
+                    messages=len(messages),
+                    messages_with_faces=sum(bool(message["faces"]) for message in messages),
+                )
+            )
+        for call in calls:
+            await call.close()
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        for track in tracks:
+            track.stop()
+
+    every_latency = [value for values in latencies for value in values] or [float("nan")]
+    return RunFigures(
+        peers=peers,
+        seconds=elapsed,
+        fps_per_peer=statistics.fmean(figures.fps for figures in per_peer),
+        latency_p50_ms=float(np.percentile(every_latency, 50)),
+        latency_p95_ms=float(np.percentile(every_latency, 95)),
+        server_latency_p50_ms=statistics.fmean(figures.server_latency_p50_ms for figures in per_peer),
+        per_peer=per_peer,
+    )
+
+
+async def benchmark(arguments: argparse.Namespace) -> list[RunFigures]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "stream_detector.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-peers",
+        str(max(arguments.peers)),
+        "--backend",
+        arguments.backend,
+        "--classify-hz",
+        str(arguments.classify_hz),
+    ]
+    server = subprocess.Popen(command, cwd=REPOSITORY, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    receiver = contextlib.nullcontext() if arguments.stock_receiver else marker_frame_assembly()
+    try:
+        with restrict_host_addresses(["127.0.0.1"]), receiver:
+            async with aiohttp.ClientSession() as http:
+                await wait_for_server(http, base, server)
+            results = []
+            for peers in arguments.peers:
+                figures = await measure(base, peers, arguments.seconds, arguments.warmup)
+                results.append(figures)
+                print(
+                    f"{peers} peer(s): {figures.fps_per_peer:5.1f} fps returned per peer, added latency "
+                    f"p50 {figures.latency_p50_ms:5.1f} ms, p95 {figures.latency_p95_ms:5.1f} ms "
+                    f"(server share p50 {figures.server_latency_p50_ms:4.1f} ms)",
+                    flush=True,
+                )
+                await asyncio.sleep(2)  # the server closes the finished peers
+            return results
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--peers", type=int, nargs="+", default=[1, 4], help="peer counts to run (default 1 4)"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (default 10)")
+    parser.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring (default 4)")
+    parser.add_argument("--backend", default="auto", help="classifier backend for the server (default auto)")
+    parser.add_argument("--classify-hz", type=float, default=15.0, help="server's --classify-hz (default 15)")
+    parser.add_argument(
+        "--stock-receiver", action="store_true", help="aiortc's own receive buffer at the senders"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    arguments = parser.parse_args()
+    results = asyncio.run(benchmark(arguments))
+    report = {
+        "machine": {"cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
+        "resolution": f"{WIDTH}x{HEIGHT}@{FPS}",
+        "runs": [asdict(figures) for figures in results],
+    }
+    if arguments.json:
+        arguments.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

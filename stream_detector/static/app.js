@@ -1,0 +1,463 @@
+// The call check page: camera -> WebRTC -> server; annotated video and verdict messages back.
+// Plain browser JavaScript, no build step. Signalling: POST /offer {sdp, type}; verdicts arrive as one
+// JSON message per processed frame on the "verdicts" DataChannel (format in the README).
+"use strict";
+
+const TIMELINE_SECONDS = 20;
+const FACE_FORGET_MS = 3000;
+const NO_FACE_AFTER_MS = 1000;
+const SILENT_AFTER_MS = 6000;
+const STATE_COLOURS = { REAL: "#00c800", FAKE: "#ff2020", UNCERTAIN: "#ffbe00" };
+
+const token = new URLSearchParams(location.search).get("token");
+const element = (id) => document.getElementById(id);
+
+// What tests (and curious people, from the console) can read.
+const observed = {
+  state: "idle",
+  messages: 0,
+  lastMessage: null,
+  facesSeen: 0,
+  error: null,
+  scan: null,
+  scanError: null,
+};
+window.streamDetector = observed;
+
+function authHeaders() {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function showStatus(text, { error = false, retry = false } = {}) {
+  const status = element("status");
+  status.hidden = false;
+  status.classList.toggle("error", error);
+  element("status-text").textContent = text;
+  element("retry").hidden = !retry;
+}
+
+function hideStatus() {
+  element("status").hidden = true;
+}
+
+function setState(state, detail = "") {
+  observed.state = state;
+  element("connection").textContent = detail ? `${state}: ${detail}` : state;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The call.
+
+let camera = null;
+let connection = null;
+let channel = null;
+let lastMessageAt = 0;
+let lastFaceAt = 0;
+let statsTimer = null;
+let silenceTimer = null;
+const faces = new Map(); // id -> {item, canvas, points: [{t, p, state}], lastSeen}
+
+async function openCamera() {
+  if (camera && camera.getVideoTracks().some((track) => track.readyState === "live")) return camera;
+  try {
+    camera = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
+      audio: false,
+    });
+  } catch (error) {
+    camera = null;
+    if (error.name === "NotAllowedError" || error.name === "SecurityError") {
+      throw new CallError("camera-denied", "Camera access was denied. Allow the camera for this page, then retry.");
+    }
+    if (error.name === "NotFoundError" || error.name === "OverconstrainedError") {
+      throw new CallError("no-camera", "No camera was found. Connect one, then retry.");
+    }
+    if (error.name === "NotReadableError") {
+      throw new CallError("camera-busy", "The camera is in use by another program. Close it, then retry.");
+    }
+    throw new CallError("camera-error", `The camera could not be opened (${error.name}).`);
+  }
+  element("local").srcObject = camera;
+  return camera;
+}
+
+class CallError extends Error {
+  constructor(state, message) {
+    super(message);
+    this.state = state;
+  }
+}
+
+function waitForIceGathering(peer, timeoutMs) {
+  // The server takes one offer with every candidate in it (no trickle), so wait for gathering.
+  if (peer.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      peer.removeEventListener("icegatheringstatechange", check);
+      clearTimeout(timer);
+      resolve();
+    };
+    const check = () => {
+      if (peer.iceGatheringState === "complete") done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    peer.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+async function start() {
+  element("start").disabled = true;
+  element("stop").disabled = false;
+  observed.error = null;
+  try {
+    setState("camera");
+    showStatus("Starting the camera…");
+    const stream = await openCamera();
+    setState("connecting");
+    showStatus("Connecting to the server…");
+    await connect(stream);
+  } catch (error) {
+    const state = error instanceof CallError ? error.state : "failed";
+    observed.error = error.message;
+    hangUp();
+    setState(state);
+    showStatus(error.message, { error: true, retry: true });
+    element("start").disabled = false;
+    element("stop").disabled = true;
+  }
+}
+
+async function connect(stream) {
+  const peer = new RTCPeerConnection({ iceServers: [] });
+  connection = peer;
+  for (const track of stream.getVideoTracks()) peer.addTrack(track, stream);
+  channel = peer.createDataChannel("verdicts");
+  channel.onmessage = (event) => onVerdicts(JSON.parse(event.data));
+  channel.onclose = () => {
+    if (connection === peer) lost("The verdict channel closed.");
+  };
+
+  peer.ontrack = (event) => {
+    const video = element("returned");
+    video.srcObject = event.streams[0] || new MediaStream([event.track]);
+    video.play().catch(() => {});
+  };
+  peer.onconnectionstatechange = () => {
+    if (connection !== peer) return;
+    const state = peer.connectionState;
+    if (state === "connected") {
+      setState("connected");
+      showStatus("Waiting for the first verdicts…");
+    } else if (state === "failed" || state === "disconnected" || state === "closed") {
+      lost(`The connection was lost (${state}).`);
+    }
+  };
+
+  await peer.setLocalDescription(await peer.createOffer());
+  await waitForIceGathering(peer, 3000);
+  let response;
+  try {
+    response = await fetch("/offer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify({ sdp: peer.localDescription.sdp, type: peer.localDescription.type }),
+    });
+  } catch (error) {
+    throw new CallError("unreachable", "The server cannot be reached. Is it running?");
+  }
+  const answer = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) {
+    const state = response.status === 503 ? "busy" : response.status === 401 ? "unauthorised" : "refused";
+    throw new CallError(state, `The server refused the call: ${answer.error || response.status}`);
+  }
+  await peer.setRemoteDescription(answer);
+
+  lastMessageAt = performance.now();
+  statsTimer = setInterval(updateRoundTrip, 1000);
+  silenceTimer = setInterval(checkSilence, 1000);
+}
+
+function lost(reason) {
+  if (observed.state === "lost") return;
+  hangUp();
+  setState("lost");
+  observed.error = reason;
+  showStatus(`${reason} Retry to reconnect.`, { error: true, retry: true });
+  element("start").disabled = false;
+  element("stop").disabled = true;
+}
+
+function hangUp() {
+  clearInterval(statsTimer);
+  clearInterval(silenceTimer);
+  const peer = connection;
+  connection = null;
+  if (channel) {
+    channel.onclose = null;
+    channel.onmessage = null;
+    channel = null;
+  }
+  if (peer) peer.close();
+  element("returned").srcObject = null;
+}
+
+function stop() {
+  hangUp();
+  if (camera) {
+    for (const track of camera.getTracks()) track.stop();
+    camera = null;
+  }
+  element("local").srcObject = null;
+  clearFaces();
+  setState("idle");
+  showStatus("Stopped. Press Start to send your camera again.");
+  element("start").disabled = false;
+  element("stop").disabled = true;
+}
+
+function checkSilence() {
+  if (!connection || connection.connectionState !== "connected") return;
+  if (performance.now() - lastMessageAt > SILENT_AFTER_MS) {
+    lost("No verdicts have arrived for a while.");
+  }
+}
+
+async function updateRoundTrip() {
+  if (!connection) return;
+  const report = await connection.getStats();
+  report.forEach((entry) => {
+    if (entry.type === "candidate-pair" && entry.nominated && entry.currentRoundTripTime !== undefined) {
+      element("rtt").textContent = (entry.currentRoundTripTime * 1000).toFixed(0);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The verdict panel.
+
+function onVerdicts(message) {
+  if (message.type !== "verdicts") return;
+  const now = performance.now();
+  lastMessageAt = now;
+  observed.messages += 1;
+  observed.lastMessage = message;
+  if (observed.state !== "live" && observed.state !== "no-face") hideStatus();
+
+  element("fps").textContent = message.fps.toFixed(1);
+  element("latency").textContent = message.latency_ms.toFixed(0);
+  element("dropped").textContent = String(message.dropped);
+
+  for (const face of message.faces) {
+    observed.facesSeen += 1;
+    updateFace(face, now);
+  }
+  if (message.faces.length > 0) lastFaceAt = now;
+  const noFace = now - lastFaceAt > NO_FACE_AFTER_MS;
+  element("no-face").hidden = !noFace;
+  setState(noFace ? "no-face" : "live");
+
+  for (const [id, entry] of faces) {
+    if (now - entry.lastSeen > FACE_FORGET_MS) {
+      entry.item.remove();
+      faces.delete(id);
+    }
+  }
+}
+
+function updateFace(face, now) {
+  let entry = faces.get(face.id);
+  if (!entry) {
+    const item = document.createElement("li");
+    item.className = "face";
+    item.dataset.id = String(face.id);
+    item.innerHTML =
+      '<div class="line"><strong class="id"></strong><span class="badge state"></span>' +
+      '<span>p(fake) <span class="p-fake"></span></span></div><canvas width="300" height="40"></canvas>';
+    element("faces").appendChild(item);
+    entry = { item, canvas: item.querySelector("canvas"), points: [], lastSeen: now };
+    faces.set(face.id, entry);
+  }
+  entry.lastSeen = now;
+  entry.points.push({ t: now, p: face.p_fake, state: face.state });
+  while (entry.points.length && now - entry.points[0].t > TIMELINE_SECONDS * 1000) entry.points.shift();
+  entry.item.className = `face ${face.state}`;
+  entry.item.querySelector(".id").textContent = `#${face.id}`;
+  const badge = entry.item.querySelector(".state");
+  badge.textContent = face.state;
+  badge.className = `badge state ${face.state}`;
+  entry.item.querySelector(".p-fake").textContent = face.p_fake.toFixed(2);
+  drawTimeline(entry.canvas, entry.points, now);
+}
+
+function drawTimeline(canvas, points, now) {
+  // p(fake) over the last TIMELINE_SECONDS, coloured by the state at each moment; 0.5 dashed.
+  const context = canvas.getContext("2d");
+  const { width, height } = canvas;
+  context.clearRect(0, 0, width, height);
+  context.strokeStyle = "#444";
+  context.setLineDash([3, 3]);
+  context.beginPath();
+  context.moveTo(0, height / 2);
+  context.lineTo(width, height / 2);
+  context.stroke();
+  context.setLineDash([]);
+  const x = (t) => width - ((now - t) / (TIMELINE_SECONDS * 1000)) * width;
+  const y = (p) => height - 2 - p * (height - 4);
+  for (let index = 1; index < points.length; index += 1) {
+    const previous = points[index - 1];
+    const point = points[index];
+    context.strokeStyle = STATE_COLOURS[point.state] || "#999";
+    context.lineWidth = 2;
+    context.beginPath();
+    context.moveTo(x(previous.t), y(previous.p));
+    context.lineTo(x(point.t), y(point.p));
+    context.stroke();
+  }
+}
+
+function clearFaces() {
+  for (const entry of faces.values()) entry.item.remove();
+  faces.clear();
+  element("no-face").hidden = true;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// File scan: POST /scan (multipart "file"), progress from the upload and from GET /scan/progress.
+
+function scanStatus(text, { error = false } = {}) {
+  const status = element("scan-status");
+  status.textContent = text;
+  status.classList.toggle("error", error);
+}
+
+function scanFile(file) {
+  const job = Math.random().toString(36).slice(2, 12);
+  const progress = element("scan-progress");
+  progress.hidden = false;
+  progress.value = 0;
+  element("scan-result").hidden = true;
+  observed.scan = null;
+  observed.scanError = null;
+  scanStatus(`Uploading ${file.name}…`);
+
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const request = new XMLHttpRequest();
+  request.open("POST", `/scan?job=${job}`);
+  for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
+
+  let poller = null;
+  request.upload.onprogress = (event) => {
+    if (event.lengthComputable) progress.value = (0.5 * event.loaded) / event.total;
+  };
+  request.upload.onload = () => {
+    scanStatus(`Analysing ${file.name}…`);
+    poller = setInterval(async () => {
+      try {
+        const reply = await fetch(`/scan/progress?job=${job}`, { headers: authHeaders() });
+        const state = await reply.json();
+        if (state.stage === "scan") progress.value = 0.5 + 0.5 * state.progress;
+      } catch (error) {
+        // The scan's own reply reports failures; a missed progress poll is harmless.
+      }
+    }, 300);
+  };
+  request.onloadend = () => {
+    clearInterval(poller);
+    progress.hidden = true;
+    let body = null;
+    try {
+      body = JSON.parse(request.responseText);
+    } catch (error) {
+      body = null;
+    }
+    if (request.status === 200 && body && body.report) {
+      showScan(body, file.name);
+    } else {
+      const reason = body && body.error ? body.error : request.status ? `HTTP ${request.status}` : "the server cannot be reached";
+      observed.scanError = reason;
+      scanStatus(`${file.name}: ${reason}`, { error: true });
+    }
+  };
+  request.send(form);
+}
+
+function format(value, digits = 2) {
+  return typeof value === "number" ? value.toFixed(digits) : "–";
+}
+
+function showScan(body, name) {
+  const report = body.report;
+  observed.scan = report;
+  scanStatus(`${name}: done.`);
+  const verdict = element("scan-verdict");
+  verdict.textContent = report.verdict;
+  verdict.className = `badge ${report.verdict}`;
+  element("scan-p-fake").textContent = format(report.p_fake);
+  const summary = [];
+  if (report.kind) summary.push(report.kind);
+  if (typeof report.frames_processed === "number") summary.push(`${report.frames_processed} frames`);
+  if (typeof report.duration_s === "number") summary.push(`${report.duration_s.toFixed(1)} s`);
+  element("scan-summary").textContent = summary.join(", ");
+
+  const rows = element("scan-tracks").querySelector("tbody");
+  rows.innerHTML = "";
+  for (const track of report.tracks || []) {
+    const row = document.createElement("tr");
+    const state = track.verdict || track.state || "";
+    const cells = [`#${track.id}`, state, format(track.p_fake), track.frames ?? track.frame_count ?? "–"];
+    for (const value of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = String(value);
+      row.appendChild(cell);
+    }
+    row.children[1].className = `badge ${state}`;
+    rows.appendChild(row);
+  }
+  element("scan-tracks").hidden = !(report.tracks || []).length;
+  const image = element("scan-image");
+  if (body.annotated) {
+    image.src = body.annotated;
+    image.hidden = false;
+  } else {
+    image.hidden = true;
+  }
+  element("scan-result").hidden = false;
+}
+
+function setUpScan() {
+  const drop = element("drop");
+  element("file").addEventListener("change", (event) => {
+    if (event.target.files.length) scanFile(event.target.files[0]);
+    event.target.value = "";
+  });
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    if (event.dataTransfer.files.length) scanFile(event.dataTransfer.files[0]);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+element("start").addEventListener("click", start);
+element("stop").addEventListener("click", stop);
+element("retry").addEventListener("click", () => {
+  element("retry").hidden = true;
+  start();
+});
+setUpScan();
+if (!navigator.mediaDevices || !window.RTCPeerConnection) {
+  setState("unsupported");
+  showStatus("This browser cannot send a camera over WebRTC here (it needs https:// or localhost).", {
+    error: true,
+  });
+  element("start").disabled = true;
+} else if (new URLSearchParams(location.search).get("autostart") === "1") {
+  start();
+}

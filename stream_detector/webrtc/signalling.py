@@ -1,0 +1,97 @@
+"""The wire formats other clients rely on: the ``POST /offer`` body and the DataChannel message.
+
+Offer (request and answer), as in aiortc's examples::
+
+    {"sdp": "v=0\\r\\n...", "type": "offer"}      ->      {"sdp": "v=0\\r\\n...", "type": "answer"}
+
+One DataChannel message (JSON text) per processed frame::
+
+    {"type": "verdicts", "frame": 42, "width": 640, "height": 480,
+     "faces": [{"id": 1, "box": [x1, y1, x2, y2], "state": "REAL", "p_fake": 0.07}],
+     "fps": 29.8, "latency_ms": 21.4, "dropped": 3}
+
+``box`` is in pixels of the frame the server received (``width`` x ``height``); ``p_fake`` is the
+smoothed p(fake) behind ``state``; ``latency_ms`` is the server's time from receiving the frame to
+handing back the annotated one; ``dropped`` counts frames skipped so far because the engine was busy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from stream_detector.errors import StreamDetectorError
+from stream_detector.types import Verdict
+
+MAX_OFFER_BYTES = 256 * 1024
+VERDICT_CHANNEL_LABEL = "verdicts"
+
+
+class OfferError(StreamDetectorError):
+    """An offer that cannot be used; the message is the one-line reason returned with HTTP 400."""
+
+
+@dataclass(frozen=True)
+class SessionDescription:
+    sdp: str
+    type: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"sdp": self.sdp, "type": self.type}
+
+
+def parse_offer(body: bytes) -> SessionDescription:
+    """The offer in a request body, or an OfferError naming what is wrong with it."""
+    if len(body) > MAX_OFFER_BYTES:
+        raise OfferError(f"offer is larger than {MAX_OFFER_BYTES // 1024} KiB")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise OfferError('offer is not JSON (expected {"sdp": ..., "type": "offer"})') from None
+    if not isinstance(data, dict):
+        raise OfferError('offer must be a JSON object {"sdp": ..., "type": "offer"}')
+    sdp, kind = data.get("sdp"), data.get("type")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise OfferError('offer has no "sdp" string')
+    if kind != "offer":
+        raise OfferError(f'offer "type" must be "offer", not {kind!r}')
+    if not sdp.lstrip().startswith("v=0"):
+        raise OfferError('offer "sdp" is not a session description (it must start with v=0)')
+    if "m=video" not in sdp:
+        raise OfferError("offer has no video track (m=video); send the camera's video")
+    return SessionDescription(sdp=sdp, type=kind)
+
+
+def face_entry(verdict: Verdict) -> dict[str, object]:
+    return {
+        "id": int(verdict.id),
+        "box": [round(float(value), 1) for value in verdict.box],
+        "state": str(verdict.state),
+        "p_fake": round(float(verdict.p_smoothed), 4),
+    }
+
+
+def verdict_message(
+    *,
+    frame_index: int,
+    width: int,
+    height: int,
+    verdicts: Sequence[Verdict],
+    fps: float,
+    latency_ms: float,
+    dropped: int,
+) -> str:
+    return json.dumps(
+        {
+            "type": "verdicts",
+            "frame": frame_index,
+            "width": width,
+            "height": height,
+            "faces": [face_entry(verdict) for verdict in verdicts],
+            "fps": round(fps, 2),
+            "latency_ms": round(latency_ms, 2),
+            "dropped": dropped,
+        },
+        separators=(",", ":"),
+    )

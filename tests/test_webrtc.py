@@ -1,0 +1,527 @@
+"""The WebRTC server in process: signalling, the worker, cleanup, limits, token, /scan; then two aiortc
+peers on loopback, first with a fake annotator (fast) and then with the real engine (slow)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+import av
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+from aiortc.rtp import RtpPacket
+
+import stream_detector  # noqa: F401  (pylibsrtp before TensorFlow)
+from stream_detector.errors import StreamDetectorError
+from stream_detector.types import Frame, Verdict, VerdictState
+from stream_detector.webrtc.client import StampedTrack, read_stamp, start_call, write_stamp
+from stream_detector.webrtc.ice import filter_candidates, host_addresses_for, restrict_host_addresses
+from stream_detector.webrtc.latency import MarkerJitterBuffer
+from stream_detector.webrtc.server import STATE_KEY, ScanResult, ServerSettings, create_app
+from stream_detector.webrtc.signalling import OfferError, parse_offer
+from stream_detector.webrtc.worker import Annotated, FrameWorker
+
+LOOPBACK = ("127.0.0.1",)
+FAKE_BOX = (200.0, 140.0, 360.0, 300.0)
+FAKE_COLOUR_BGR = (255, 0, 255)  # magenta: absent from the plain test frames
+
+
+class FakeAnnotator:
+    """Stands in for engine + overlay: one UNCERTAIN face at FAKE_BOX, drawn as a magenta square."""
+
+    def __init__(self, delay_s: float = 0.0, release: threading.Event | None = None) -> None:
+        self.delay_s = delay_s
+        self.release = release
+        self.batches: list[list[str]] = []
+        self.forgotten: list[str] = []
+        self.threads: set[str] = set()
+
+    def annotate(self, frames: Sequence[Frame], dropped: Sequence[int]) -> list[Annotated]:
+        self.threads.add(threading.current_thread().name)
+        self.batches.append([frame.source_id for frame in frames])
+        if self.release is not None:
+            self.release.wait(5)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        results = []
+        for frame in frames:
+            image = frame.image.copy()
+            x1, y1, x2, y2 = (int(value) for value in FAKE_BOX)
+            cv2.rectangle(image, (x1, y1), (x2, y2), FAKE_COLOUR_BGR, 6)
+            verdict = Verdict(7, FAKE_BOX, VerdictState.UNCERTAIN, 0.5, frame.timestamp_ms)
+            results.append(Annotated(image, [verdict]))
+        return results
+
+    def forget(self, source_id: str) -> None:
+        self.forgotten.append(source_id)
+
+
+class FakeScanner:
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def scan(self, path: Path, progress: Callable[[float], None]) -> ScanResult:
+        self.paths.append(path)
+        data = path.read_bytes()
+        if not data.startswith(b"MEDIA"):
+            raise StreamDetectorError(f"{path.name} is not an image or video file")
+        progress(0.5)
+        report = {"verdict": "UNCERTAIN", "p_fake": 0.5, "tracks": [{"id": 1, "verdict": "UNCERTAIN"}]}
+        return ScanResult(report=report, annotated_jpeg=b"\xff\xd8jpeg")
+
+
+def plain_frame(index: int) -> np.ndarray:
+    image = np.full((480, 640, 3), 110, np.uint8)
+    image[:, : 40 + (index % 30) * 4] = 140  # something moving, so the encoder keeps sending
+    return image
+
+
+def run(coroutine) -> object:
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """The app on 127.0.0.1 (a free port), with this process's ICE kept on loopback."""
+    with restrict_host_addresses(LOOPBACK):
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            await runner.cleanup()
+
+
+def loopback_settings(**overrides) -> ServerSettings:
+    return ServerSettings(ice_addresses=LOOPBACK, remote_addresses=LOOPBACK, **overrides)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+# --- signalling ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (json.dumps({"type": "offer"}).encode(), 'no "sdp"'),
+        (json.dumps({"sdp": "v=0\r\nm=video 9", "type": "answer"}).encode(), '"type" must be "offer"'),
+        (json.dumps({"sdp": "hello", "type": "offer"}).encode(), "start with v=0"),
+        (json.dumps({"sdp": "v=0\r\nm=audio 9 UDP", "type": "offer"}).encode(), "no video track"),
+    ],
+)
+def test_malformed_offers_are_refused_with_a_one_line_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(OfferError) as raised:
+        parse_offer(body)
+    assert reason in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_candidates_off_the_allowed_addresses_are_dropped() -> None:
+    sdp = (
+        "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+        "a=candidate:1 1 udp 2122260223 192.0.2.2 50000 typ host\r\n"
+        "a=candidate:2 1 udp 2122260223 127.0.0.1 50001 typ host\r\n"
+        "a=candidate:3 1 udp 2122260223 4f1c.local 50002 typ host\r\n"
+        "a=end-of-candidates\r\n"
+    )
+    kept = filter_candidates(sdp, ["127.0.0.1"])
+    assert "127.0.0.1 50001" in kept
+    assert "192.0.2.2" not in kept and ".local" not in kept
+    assert "a=end-of-candidates" in kept
+    assert filter_candidates(sdp, None) == sdp
+
+
+def test_host_addresses_follow_the_bind_address() -> None:
+    assert host_addresses_for("127.0.0.1") == ["127.0.0.1"]
+    assert host_addresses_for("localhost") == ["127.0.0.1"]
+    assert host_addresses_for("0.0.0.0") is None
+    assert host_addresses_for("192.0.2.2") == ["192.0.2.2"]
+
+
+def test_restricted_ice_gathers_only_loopback_candidates() -> None:
+    from aioice import Connection
+
+    async def gather() -> list[str]:
+        connection = Connection(ice_controlling=True)
+        await connection.gather_candidates()
+        hosts = [candidate.host for candidate in connection.local_candidates]
+        await connection.close()
+        return hosts
+
+    with restrict_host_addresses(LOOPBACK):
+        assert run(gather()) == ["127.0.0.1"]
+
+
+def test_stamps_survive_a_round_trip_and_reject_damage() -> None:
+    image = plain_frame(0)
+    write_stamp(image, 1234)
+    assert read_stamp(image) == 1234
+    # A lossy codec softens edges; the stamp reads through mild noise.
+    noisy = np.clip(image.astype(np.int16) + np.random.default_rng(0).integers(-40, 40, image.shape), 0, 255)
+    assert read_stamp(noisy.astype(np.uint8)) == 1234
+    image[-24:-8, 8:24] = 255 - image[-24:-8, 8:24]  # flip the first bit
+    assert read_stamp(image) is None
+
+
+def _packet(sequence: int, timestamp: int, marker: int) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=sequence, timestamp=timestamp, marker=marker)
+    packet._data = bytes([sequence])
+    return packet
+
+
+def test_marker_bit_releases_a_frame_without_waiting_for_the_next() -> None:
+    buffer = MarkerJitterBuffer(capacity=128, is_video=True)
+    assert buffer.add(_packet(10, 3000, 0))[1] is None
+    frame = buffer.add(_packet(11, 3000, 1))[1]
+    assert frame is not None and frame.timestamp == 3000 and frame.data == bytes([10, 11])
+    # Without a marker, the next frame's first packet completes the previous one (aiortc's rule).
+    assert buffer.add(_packet(12, 6000, 0))[1] is None
+    frame = buffer.add(_packet(13, 9000, 0))[1]
+    assert frame is not None and frame.timestamp == 6000
+
+
+# --- the worker ----------------------------------------------------------------------------------
+
+
+def _video_frame(index: int) -> av.VideoFrame:
+    frame = av.VideoFrame.from_ndarray(plain_frame(index), format="bgr24")
+    frame.pts = index * 3000
+    frame.time_base = fractions.Fraction(1, 90000)
+    return frame
+
+
+def test_worker_keeps_only_the_newest_frame_and_batches_sources() -> None:
+    release = threading.Event()
+    annotator = FakeAnnotator(release=release)
+    worker = FrameWorker(annotator)
+    delivered: dict[str, list[int]] = {"a": [], "b": []}
+    got_all = threading.Event()
+
+    def deliver_to(name: str):
+        def deliver(processed) -> None:
+            delivered[name].append(processed.video_frame.pts)
+            if delivered["a"] and delivered["b"] and len(delivered["a"]) >= 2:
+                got_all.set()
+
+        return deliver
+
+    worker.add_source("a", deliver_to("a"))
+    worker.add_source("b", deliver_to("b"))
+    worker.start()
+    try:
+        worker.submit("a", _video_frame(0), 0.0)
+        time.sleep(0.2)  # the worker now holds frame 0 and waits on `release`
+        for index in range(1, 6):
+            worker.submit("a", _video_frame(index), float(index))
+        worker.submit("b", _video_frame(0), 0.0)
+        release.set()
+        assert got_all.wait(5)
+    finally:
+        worker.close(timeout=5)
+    # Frames 1..4 of "a" were replaced while the engine was busy; 5 went out with b's, in one batch.
+    assert delivered["a"] == [0, 5 * 3000]
+    assert annotator.batches[1] == ["a", "b"]
+    assert annotator.threads == {"webrtc-engine"}
+    assert not worker.alive
+
+
+def test_worker_forgets_removed_sources_on_its_thread_and_stops() -> None:
+    annotator = FakeAnnotator()
+    worker = FrameWorker(annotator)
+    worker.add_source("gone", lambda processed: None)
+    worker.start()
+    worker.remove_source("gone")
+    deadline = time.monotonic() + 5
+    while not annotator.forgotten and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.close(timeout=5)
+    assert annotator.forgotten == ["gone"]
+    assert worker.source_count == 0 and not worker.alive
+    # Frames for an unknown source are ignored, not queued.
+    worker.submit("gone", _video_frame(1), 1.0)
+
+
+# --- the server over HTTP ------------------------------------------------------------------------
+
+
+def test_offers_that_cannot_be_used_get_http_400() -> None:
+    async def scenario() -> list[tuple[int, dict]]:
+        app = create_app(loopback_settings(), FakeAnnotator())
+        replies = []
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            bodies = [
+                b"{nope",
+                json.dumps(
+                    {"sdp": "v=0\r\nm=video 9 RTP/AVP 0\r\nthis is not sdp", "type": "offer"}
+                ).encode(),
+            ]
+            for body in bodies:
+                async with http.post(f"{base}/offer", data=body) as response:
+                    replies.append((response.status, await response.json()))
+            assert app[STATE_KEY].peers == {}
+        return replies
+
+    replies = run(scenario())
+    assert [status for status, _ in replies] == [400, 400]
+    assert "not JSON" in replies[0][1]["error"]
+    assert replies[1][1]["error"].startswith("offer could not be used")
+    assert all("\n" not in body["error"] for _, body in replies)
+
+
+def test_token_is_required_when_set() -> None:
+    async def scenario() -> tuple[int, int, int, int]:
+        app = create_app(loopback_settings(token="s3cret"), FakeAnnotator())
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/") as page:
+                page_status = page.status
+            async with http.post(f"{base}/offer", data=b"{}") as refused:
+                refused_status = refused.status
+            async with http.get(f"{base}/status?token=wrong") as wrong:
+                wrong_status = wrong.status
+            async with http.post(
+                f"{base}/offer", data=b"{}", headers={"Authorization": "Bearer s3cret"}
+            ) as accepted:
+                accepted_status = accepted.status  # past the token: now the offer itself is judged
+        return page_status, refused_status, wrong_status, accepted_status
+
+    assert run(scenario()) == (200, 401, 401, 400)
+
+
+def test_page_and_its_files_are_served() -> None:
+    async def scenario() -> tuple[str, str, str]:
+        app = create_app(loopback_settings(), FakeAnnotator())
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            texts = []
+            for path in ("/", "/static/app.js", "/static/style.css"):
+                async with http.get(base + path) as response:
+                    assert response.status == 200
+                    texts.append(await response.text())
+        return tuple(texts)
+
+    page, script, style = run(scenario())
+    assert 'id="returned"' in page and "/static/app.js" in page
+    assert 'createDataChannel("verdicts")' in script and '"/offer"' in script
+    assert ".badge.FAKE" in style
+
+
+def test_scan_uploads_are_judged_limited_and_explained() -> None:
+    scanner = FakeScanner()
+
+    async def scenario() -> list[tuple[int, dict]]:
+        app = create_app(loopback_settings(max_upload_bytes=1000), FakeAnnotator(), scanner)
+        replies = []
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            for name, data in [
+                ("clip.mp4", b"MEDIA" + bytes(100)),
+                ("notes.txt", b"hello"),
+                ("big.mp4", b"MEDIA" + bytes(5000)),
+                ("empty.mp4", b""),
+            ]:
+                form = aiohttp.FormData()
+                form.add_field("file", data, filename=name)
+                async with http.post(f"{base}/scan?job=j1", data=form) as response:
+                    replies.append((response.status, await response.json()))
+            async with http.post(f"{base}/scan", data=b"raw") as response:
+                replies.append((response.status, await response.json()))
+        return replies
+
+    replies = run(scenario())
+    assert [status for status, _ in replies] == [200, 400, 413, 400, 400]
+    ok = replies[0][1]
+    assert ok["report"]["verdict"] == "UNCERTAIN" and ok["annotated"].startswith("data:image/jpeg;base64,")
+    assert "not an image or video" in replies[1][1]["error"]
+    assert "limit" in replies[2][1]["error"]
+    assert "empty" in replies[3][1]["error"] and "multipart" in replies[4][1]["error"]
+    assert all("\n" not in body.get("error", "") for _, body in replies)
+    # Uploads live in a temporary folder that is gone once the answer is sent.
+    assert scanner.paths and not any(path.exists() for path in scanner.paths)
+
+
+# --- calls with aiortc peers on loopback ---------------------------------------------------------
+
+
+def _threads() -> set[str]:
+    return {thread.name for thread in threading.enumerate()}
+
+
+def test_a_call_returns_annotated_video_and_verdicts_then_cleans_up() -> None:
+    annotator = FakeAnnotator()
+    threads_before = _threads()
+
+    async def scenario() -> dict:
+        app = create_app(loopback_settings(), annotator)
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            state = app[STATE_KEY]
+            track = StampedTrack(plain_frame)
+            call = await start_call(http, base, track)
+            # Only loopback candidates on both sides.
+            for description in (call.connection.localDescription, call.connection.remoteDescription):
+                hosts = {
+                    line.split()[4] for line in description.sdp.splitlines() if line.startswith("a=candidate")
+                }
+                assert hosts == {"127.0.0.1"}
+            returned = await asyncio.wait_for(call.returned, 10)
+            frame = None
+            for _ in range(60):
+                frame = (await asyncio.wait_for(returned.recv(), 10)).to_ndarray(format="bgr24")
+                if read_stamp(frame) is not None:
+                    break
+            await wait_until(lambda: len(call.messages) >= 5, 10, "verdict messages")
+            peers_during = len(state.peers)
+            await call.close()
+            await wait_until(lambda: not state.peers, 10, "the server to drop the peer")
+            return {
+                "frame": frame,
+                "stamp": read_stamp(frame),
+                "message": call.messages[-1],
+                "peers_during": peers_during,
+                "worker_sources": state.worker.source_count,
+            }
+
+    result = run(scenario())
+    frame = result["frame"]
+    x1, y1, _, _ = (int(value) for value in FAKE_BOX)
+    edge = frame[y1 - 2 : y1 + 3, x1 + 20 : x1 + 60].reshape(-1, 3).mean(axis=0)
+    assert edge[0] > 180 and edge[1] < 90 and edge[2] > 180, f"no magenta overlay edge: {edge}"
+    assert result["stamp"] is not None
+    message = result["message"]
+    assert message["type"] == "verdicts" and (message["width"], message["height"]) == (640, 480)
+    assert message["faces"] == [{"id": 7, "box": list(FAKE_BOX), "state": "UNCERTAIN", "p_fake": 0.5}]
+    assert result["peers_during"] == 1 and result["worker_sources"] == 0
+    assert len(annotator.forgotten) == 1
+    assert annotator.threads == {"webrtc-engine"}
+    time.sleep(0.5)
+    leaked = {name for name in _threads() - threads_before if not name.startswith("asyncio_")}
+    assert not leaked, f"threads left running: {leaked}"
+
+
+def test_peers_share_batches_and_the_limit_refuses_the_next() -> None:
+    annotator = FakeAnnotator(delay_s=0.03)
+
+    async def scenario() -> tuple[str, int]:
+        app = create_app(loopback_settings(max_peers=2), annotator)
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            calls = [await start_call(http, base, StampedTrack(plain_frame)) for _ in range(2)]
+            with pytest.raises(StreamDetectorError) as refused:
+                await start_call(http, base, StampedTrack(plain_frame))
+            await wait_until(
+                lambda: all(len(call.messages) >= 10 for call in calls), 15, "messages on both calls"
+            )
+            largest = max(len(batch) for batch in annotator.batches)
+            for call in calls:
+                await call.close()
+        return str(refused.value), largest
+
+    refusal, largest = run(scenario())
+    assert "503" in refusal and "limit" in refusal
+    assert largest == 2, "two peers' frames should share one annotate (classifier) call"
+
+
+def test_a_peer_that_stops_sending_is_closed() -> None:
+    class StallingTrack(StampedTrack):
+        async def recv(self):
+            if self._index >= 10:
+                await asyncio.sleep(3600)
+            return await super().recv()
+
+    annotator = FakeAnnotator()
+
+    async def scenario() -> tuple[int, int]:
+        app = create_app(loopback_settings(idle_timeout_s=1.0), annotator)
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            state = app[STATE_KEY]
+            call = await start_call(http, base, StallingTrack(plain_frame))
+            await wait_until(lambda: len(call.messages) >= 3, 10, "first messages")
+            peers_while_sending = len(state.peers)
+            await wait_until(lambda: not state.peers, 10, "the idle peer to be closed")
+            await call.close()
+            return peers_while_sending, state.worker.source_count
+
+    assert run(scenario()) == (1, 0)
+    assert len(annotator.forgotten) == 1
+
+
+# --- the real engine -----------------------------------------------------------------------------
+
+STATE_COLOURS_BGR = np.array([(0, 200, 0), (0, 0, 255), (0, 190, 255)], np.int16)  # overlay.STATE_COLOURS
+
+
+def overlay_pixels(image: np.ndarray, box: Sequence[float], margin: float = 0.3) -> int:
+    """Pixels in (and around) ``box`` that have one of the overlay's state colours."""
+    x1, y1, x2, y2 = box
+    pad_x, pad_y = (x2 - x1) * margin, (y2 - y1) * margin
+    height, width = image.shape[:2]
+    region = image[
+        max(int(y1 - pad_y), 0) : min(int(y2 + pad_y), height),
+        max(int(x1 - pad_x), 0) : min(int(x2 + pad_x), width),
+    ].astype(np.int16)
+    distances = np.abs(region[:, :, None, :] - STATE_COLOURS_BGR[None, None]).sum(axis=3).min(axis=2)
+    return int((distances < 60).sum())
+
+
+@pytest.mark.slow
+def test_a_call_through_the_real_engine_returns_the_face_verdict(astronaut_bgr: np.ndarray) -> None:
+    from stream_detector.engine import EngineSettings, build_engine
+    from stream_detector.webrtc.annotator import EngineAnnotator
+    from tests.media import compose, head_patch, moving_face_path
+
+    patch = head_patch(astronaut_bgr)
+    placements = moving_face_path(90, 640, 480)
+    frames = [compose(patch, [placement], 640, 480) for placement in placements]
+    annotator = EngineAnnotator(build_engine(EngineSettings()))
+
+    async def scenario() -> tuple[list[dict], list[tuple[np.ndarray, int]]]:
+        app = create_app(loopback_settings(), annotator)
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            track = StampedTrack(lambda index: frames[index % len(frames)])
+            call = await start_call(http, base, track)
+            returned = await asyncio.wait_for(call.returned, 10)
+            await wait_until(
+                lambda: sum(bool(message["faces"]) for message in call.messages) >= 10, 60, "face verdicts"
+            )
+            samples = []
+            while len(samples) < 5:
+                image = (await asyncio.wait_for(returned.recv(), 10)).to_ndarray(format="bgr24")
+                stamp = read_stamp(image)
+                if stamp is not None:
+                    samples.append((image, stamp))
+            await call.close()
+            return call.messages, samples
+
+    try:
+        messages, samples = run(scenario())
+    finally:
+        annotator.close()
+    with_faces = [message for message in messages if message["faces"]]
+    face = with_faces[-1]["faces"][0]
+    assert face["state"] in ("REAL", "FAKE", "UNCERTAIN") and 0.0 <= face["p_fake"] <= 1.0
+    x1, y1, x2, y2 = face["box"]
+    assert 60 < x2 - x1 < 400 and 60 < y2 - y1 < 400, f"implausible face box {face['box']}"
+    # The overlay is drawn around the face in the returned frames (and was not in the sent ones).
+    for image, stamp in samples:
+        expected = placements[stamp % len(frames)].face_box()
+        sent = frames[stamp % len(frames)]
+        assert overlay_pixels(image, expected) - overlay_pixels(sent, expected) > 150, (
+            f"no overlay at {stamp}"
+        )
