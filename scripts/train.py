@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
     keras.utils.set_random_seed(arguments.seed)
     folders = source_folders(arguments.data)
+    roots = [Path(root).resolve() for root in (arguments.data or [DEFAULT_DATA])]
+
+    def root_of(file: str) -> Path:
+        return next((root for root in roots if Path(file).resolve().is_relative_to(root)), Path("/"))
+
     grouped: dict[str, list] = {}
     for name, folder in folders.items():
         # These sets are face crops already: where no face is found the whole image is the face.

@@ -220,6 +220,18 @@ def split_by_group(groups: list[str], fractions: dict[str, float], seed: int = 0
     return {name: [i for i, group in enumerate(groups) if assignment[group] == name] for name in names}
 
 
+def relative_name(file: str | Path, root: str | Path) -> str:
+    """A data file's name relative to its data root, so split lists survive moving the data."""
+    path, root = Path(file).resolve(), Path(root).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
+def in_file_list(file: str | Path, names: set[str]) -> bool:
+    """Whether a file is one of the names written by relative_name (matched on its trailing parts)."""
+    parts = Path(file).resolve().parts
+    return any("/".join(parts[-count:]) in names for count in range(1, min(6, len(parts)) + 1))
+
+
 def resize_crop(crop_rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """A native crop to the model's input size, with the interpolation the live engine uses."""
     if crop_rgb.shape[:2] == (size, size):

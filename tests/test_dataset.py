@@ -49,3 +49,12 @@ def test_native_crop_follows_the_shared_convention():
     crop = native_crop(image, np.array([150, 100, 250, 200], np.float32))
     assert crop.shape == (150, 150, 3)
     assert native_crop(image, None).shape == (300, 400, 3)
+
+
+def test_split_lists_survive_moving_the_data(tmp_path):
+    from stream_detector.dataset import in_file_list, relative_name
+
+    name = relative_name(tmp_path / "data" / "dfdc" / "real" / "a.jpg", tmp_path / "data")
+    assert name == "dfdc/real/a.jpg"
+    assert in_file_list("/elsewhere/data/dfdc/real/a.jpg", {name})
+    assert not in_file_list("/elsewhere/data/dfdc/fake/a.jpg", {name})

@@ -1,0 +1,60 @@
+"""The LiteRT exports give the Keras model's answers: on real face crops, and in AUC where data exists."""
+
+import numpy as np
+import pytest
+from conftest import REPO, shared_data
+
+from stream_detector.classifier import load_classifier
+from stream_detector.crops import crop_face
+from stream_detector.dataset import jpeg
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def classifiers():
+    return {name: load_classifier(name) for name in ("keras", "fp32", "int8")}
+
+
+@pytest.fixture(scope="module")
+def face_crops(astronaut_bgr):
+    """Real face crops: the astronaut at several framings, qualities and flips."""
+    rng = np.random.default_rng(0)
+    crops = []
+    for _ in range(24):
+        x1, y1 = 170 + rng.integers(-25, 25), 60 + rng.integers(-25, 25)
+        side = rng.integers(110, 170)
+        crop = crop_face(astronaut_bgr, (x1, y1, x1 + side, y1 + side))
+        crop = jpeg(crop, int(rng.integers(40, 95)))
+        crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
+    return np.ascontiguousarray(np.stack(crops))
+
+
+def test_exports_match_keras_on_real_crops(classifiers, face_crops):
+    reference = classifiers["keras"].classify(face_crops)
+    assert np.max(np.abs(classifiers["fp32"].classify(face_crops) - reference)) < 1e-3
+    # Dynamic-range int8 rounds weights; its error budget is what the AUC test below bounds.
+    assert np.max(np.abs(classifiers["int8"].classify(face_crops) - reference)) < 0.08
+
+
+def test_batched_and_single_calls_agree(classifiers, face_crops):
+    for classifier in classifiers.values():
+        batched = classifier.classify(face_crops[:5])
+        single = np.concatenate([classifier.classify(face_crops[i : i + 1]) for i in range(5)])
+        np.testing.assert_allclose(batched, single, atol=1e-4)
+        assert classifier.classify(face_crops[:0]).shape == (0,)
+
+
+def test_export_auc_matches_keras_on_held_out_faces(classifiers):
+    from stream_detector.dataset import load_face_set, resize_crop
+    from stream_detector.metrics import roc_auc
+
+    folder = shared_data("faces", "dfdc")
+    faces = load_face_set(folder, no_face="whole", cache_dir=REPO / ".cache", progress=False)
+    rng = np.random.default_rng(0)
+    chosen = rng.permutation(len(faces))[:300]
+    images = np.stack([resize_crop(faces.crops[i]) for i in chosen])
+    labels = faces.labels[chosen]
+    auc = {name: roc_auc(labels, classifier.classify(images)) for name, classifier in classifiers.items()}
+    assert abs(auc["fp32"] - auc["keras"]) <= 0.005
+    assert abs(auc["int8"] - auc["keras"]) <= 0.005
