@@ -147,7 +147,7 @@ def test_fake_scores_become_a_fake_verdict_and_real_ones_real():
         assert states[0] == VerdictState.UNCERTAIN and states[-1] == expected
 
 
-def test_small_and_blurred_faces_are_not_classified_and_stay_uncertain():
+def test_small_and_blurred_faces_are_not_classified_and_stay_uncertain(astronaut_bgr):
     small_box = (50, 50, 80, 80)
     engine, classifier, _ = make_engine(lambda frame: [small_box])
     for index in range(10):
@@ -155,11 +155,14 @@ def test_small_and_blurred_faces_are_not_classified_and_stay_uncertain():
     assert classifier.batches == [] and result.unusable_ids == {1}
     assert result.verdicts[0].state == VerdictState.UNCERTAIN
 
-    engine, classifier, _ = make_engine(lambda frame: [(50, 50, 250, 250)])
-    blurred = cv2.GaussianBlur(textured(red=240), (0, 0), 6)
+    engine, classifier, _ = make_engine(lambda frame: [(173, 67, 276, 170)])
+    blurred = cv2.GaussianBlur(astronaut_bgr, (0, 0), 3)
     for index in range(10):
         result = engine.process(Frame(blurred, index, index * 33.0))
     assert classifier.batches == [] and result.verdicts[0].state == VerdictState.UNCERTAIN
+    # The same face unblurred is classified.
+    engine.process(Frame(astronaut_bgr, 10, 10 * 33.0))
+    assert classifier.batches == [1]
 
 
 def test_no_faces_means_no_classifier_call():

@@ -1,0 +1,244 @@
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from stream_detector import cli, sources
+from stream_detector.apps import scan
+from stream_detector.apps.scan import MIN_FAKE_MS, TrackSummary, file_verdict, track_state
+from stream_detector.engine import EngineSettings, build_engine
+from stream_detector.overlay import STATE_COLOURS
+from stream_detector.smoothing import SmootherSettings, classify_score
+from tests.conftest import shared_data
+from tests.media import background, moving_face_frames, write_video
+
+VERDICTS = {"REAL", "FAKE", "UNCERTAIN", "NO_FACE"}
+TRACK_KEYS = {
+    "id",
+    "frames_seen",
+    "frames_classified",
+    "mean_p_fake",
+    "max_p_fake",
+    "state",
+    "first_ms",
+    "last_ms",
+    "fake_ms",
+    "real_ms",
+    "uncertain_ms",
+    "time_to_first_verdict_ms",
+}
+
+
+def track(state_ms, scores=(0.5,), track_id=1):
+    summary = TrackSummary(id=track_id, scores=list(scores))
+    summary.state_ms.update(state_ms)
+    summary.state = track_state(summary)
+    return summary
+
+
+# ---- the verdict rule (pure) ----
+
+
+def test_track_state_rule():
+    assert track_state(track({"FAKE": MIN_FAKE_MS, "REAL": 9000})) == "FAKE"
+    assert track_state(track({"FAKE": MIN_FAKE_MS - 1, "REAL": 9000})) == "REAL"
+    # Short tracks: half their time is enough.
+    assert track_state(track({"FAKE": 400, "UNCERTAIN": 400})) == "FAKE"
+    assert track_state(track({"REAL": 500, "UNCERTAIN": 400})) == "REAL"
+    assert track_state(track({"REAL": 400, "UNCERTAIN": 500})) == "UNCERTAIN"
+    assert track_state(track({"UNCERTAIN": 3000})) == "UNCERTAIN"
+
+
+def test_file_verdict_rule():
+    real = track({"REAL": 3000}, scores=[0.1, 0.2], track_id=1)
+    fake = track({"FAKE": 2000, "UNCERTAIN": 500}, scores=[0.9, 0.7], track_id=2)
+    unsure = track({"UNCERTAIN": 3000}, scores=[0.5], track_id=3)
+    passer_by = track({"UNCERTAIN": 200}, scores=[0.6], track_id=4)
+    assert file_verdict([]) == ("NO_FACE", None)
+    assert file_verdict([real, fake]) == ("FAKE", 0.8)
+    assert file_verdict([real]) == ("REAL", 0.15)
+    assert file_verdict([real, unsure]) == ("UNCERTAIN", 0.5)
+    # A face seen for 0.2 s does not make an otherwise REAL file uncertain...
+    assert file_verdict([real, passer_by]) == ("REAL", 0.15)
+    # ...unless it is all there is; and it does in a still image, where nothing has a duration.
+    assert file_verdict([passer_by])[0] == "UNCERTAIN"
+    assert file_verdict([TrackSummary(id=1, state="REAL")], still=True) == ("REAL", None)
+
+
+# ---- the command ----
+
+
+def run_scan(capsys, *arguments):
+    code = cli.main(["scan", *arguments])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(stderr):
+    lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def face_clip(tmp_path_factory, astronaut_bgr):
+    frames, _ = moving_face_frames(astronaut_bgr, count=30)
+    return write_video(tmp_path_factory.mktemp("scan") / "face.avi", frames, fps=15.0)
+
+
+@pytest.mark.slow
+def test_image_with_a_face(capsys, tmp_path, astronaut_bgr):
+    path = tmp_path / "astronaut.jpg"
+    cv2.imwrite(str(path), astronaut_bgr)
+    code, out, _ = run_scan(capsys, str(path), "--output", str(tmp_path / "annotated.png"))
+    report = json.loads(out)
+    assert code == 0 and report["kind"] == "image" and report["verdict"] in VERDICTS - {"NO_FACE"}
+    (face,) = report["tracks"]
+    assert set(face) >= TRACK_KEYS and face["frames_seen"] == 1
+    assert face["mean_p_fake"] == face["max_p_fake"] == report["p_fake"]
+    assert face["state"] == classify_score(face["mean_p_fake"], SmootherSettings()).value == report["verdict"]
+    annotated = cv2.imread(str(tmp_path / "annotated.png"))
+    colour = STATE_COLOURS[scan.VerdictState(face["state"])]
+    assert np.all(np.abs(annotated.astype(int) - colour) <= 30, axis=2).sum() > 200
+
+
+@pytest.mark.slow
+def test_image_without_a_face_is_no_face(capsys, tmp_path):
+    path = tmp_path / "wall.png"
+    cv2.imwrite(str(path), background(320, 240))
+    code, out, _ = run_scan(capsys, str(path))
+    report = json.loads(out)
+    assert (
+        code == 0 and report["verdict"] == "NO_FACE" and report["p_fake"] is None and report["tracks"] == []
+    )
+
+
+@pytest.mark.slow
+def test_video_report_json_file_and_annotated_output(capsys, tmp_path, face_clip):
+    report_path, video_path = tmp_path / "report.json", tmp_path / "annotated.mp4"
+    code, out, err = run_scan(capsys, str(face_clip), "--json", str(report_path), "--output", str(video_path))
+    assert code == 0 and out == ""
+    report = json.loads(report_path.read_text())
+    assert report["kind"] == "video" and report["verdict"] in VERDICTS - {"NO_FACE"}
+    assert report["frames"] == 30 and report["complete"] is True and report["stopped"] is None
+    assert report["frames_with_faces"] >= 28
+    assert len(report["tracks"]) == 1  # one face moving and growing: one track
+    (face,) = report["tracks"]
+    assert set(face) >= TRACK_KEYS
+    assert face["frames_seen"] >= 28 and face["frames_classified"] == face["frames_seen"]
+    assert 0 <= face["mean_p_fake"] <= face["max_p_fake"] <= 1
+    assert face["first_ms"] < 200 and face["last_ms"] == pytest.approx(29 * 1000 / 15, abs=1)
+    assert face["fake_ms"] + face["real_ms"] + face["uncertain_ms"] == pytest.approx(
+        face["frames_seen"] * 1000 / 15
+    )
+    assert report["p_fake"] == face["mean_p_fake"]
+    assert (report["verdict"], report["p_fake"]) == file_verdict([_summary(face)])
+    assert "-> " + str(report_path) in err
+
+    annotated = cv2.VideoCapture(str(video_path))
+    count, coloured = 0, 0
+    while True:
+        ok, image = annotated.read()
+        if not ok:
+            break
+        count += 1
+        coloured += any(
+            np.all(np.abs(image.astype(int) - colour) <= 40, axis=2).sum() > 200
+            for colour in STATE_COLOURS.values()
+        )
+    assert count == 30 and coloured >= 25
+
+
+def _summary(face_json):
+    summary = TrackSummary(id=face_json["id"], state=face_json["state"])
+    summary.scores = [face_json["mean_p_fake"]]
+    summary.state_ms.update(
+        FAKE=face_json["fake_ms"], REAL=face_json["real_ms"], UNCERTAIN=face_json["uncertain_ms"]
+    )
+    return summary
+
+
+@pytest.mark.slow
+def test_video_without_faces(capsys, tmp_path):
+    path = write_video(tmp_path / "empty.avi", [background(160, 120)] * 10, fps=10)
+    code, out, _ = run_scan(capsys, str(path), "--no-progress")
+    report = json.loads(out)
+    assert code == 0 and report["verdict"] == "NO_FACE" and report["frames"] == 10
+
+
+@pytest.mark.slow
+def test_corrupt_video_still_reports_the_frames_it_read(capsys, tmp_path, astronaut_bgr):
+    frames, _ = moving_face_frames(astronaut_bgr, count=40, width=320, height=180)
+    path = write_video(tmp_path / "broken.avi", frames, fps=20)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    code, out, err = run_scan(capsys, str(path), "--no-progress")
+    report = json.loads(out)
+    assert code == 1
+    assert report["complete"] is False and 0 < report["stopped"]["frame"] < 38
+    assert report["frames"] == report["stopped"]["frame"] and report["tracks"]
+    assert "of 40" in report["stopped"]["reason"]
+    warning = [line for line in err.splitlines() if line.startswith("scan: warning:")]
+    assert len(warning) == 1 and "broken.avi" in warning[0] and "truncated or corrupt" in warning[0]
+
+
+@pytest.mark.slow
+def test_folder_of_images(capsys, tmp_path, astronaut_bgr):
+    cv2.imwrite(str(tmp_path / "a_face.png"), astronaut_bgr)
+    cv2.imwrite(str(tmp_path / "b_wall.png"), background(200, 200))
+    (tmp_path / "c_broken.jpg").write_text("not an image")
+    code, out, _ = run_scan(capsys, str(tmp_path))
+    report = json.loads(out)
+    assert code == 0 and report["kind"] == "folder"
+    assert [Path(entry["path"]).name for entry in report["files"]] == ["a_face.png", "b_wall.png"]
+    assert report["files"][1]["verdict"] == "NO_FACE" and report["files"][0]["verdict"] != "NO_FACE"
+    assert report["verdict"] == report["files"][0]["verdict"]
+    assert [Path(name).name for name in report["skipped"]] == ["c_broken.jpg"]
+
+
+def test_bad_inputs_are_one_line_errors_naming_the_input(capsys, tmp_path, monkeypatch):
+    code, _, err = run_scan(capsys, str(tmp_path / "missing.mp4"))
+    assert code == 2 and "no such file" in error_line(err) and "missing.mp4" in err
+
+    not_image = tmp_path / "photo.png"
+    not_image.write_text("plain text")
+    code, _, err = run_scan(capsys, str(not_image))
+    assert code == 2 and "cannot decode image" in error_line(err) and "photo.png" in err
+
+    not_video = tmp_path / "movie.mp4"
+    not_video.write_bytes(bytes(range(256)) * 64)
+    code, _, err = run_scan(capsys, str(not_video))
+    assert code == 2 and "cannot open video" in error_line(err) and "movie.mp4" in err
+
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), np.zeros((300, 400, 3), np.uint8))
+    monkeypatch.setattr(sources, "MAX_FRAME_PIXELS", 200 * 200)
+    code, _, err = run_scan(capsys, str(big))
+    assert code == 2 and "frame too large: 400x300" in error_line(err) and "big.png" in err
+
+    code, _, err = run_scan(capsys, str(big), "--classify-hz", "-2")
+    assert code == 2 and "classify_hz" in error_line(err)
+
+
+@pytest.mark.slow
+def test_real_clips_end_real_or_uncertain_and_fakes_are_reported():
+    """Needs the trained model to mean anything; runs against whatever model/ holds."""
+    videos = shared_data("videos")
+    reports = {}
+    with build_engine(EngineSettings(classify_hz=10)) as engine:
+        for kind in ("real", "fake", "generated"):
+            for path in sorted((videos / kind).glob("*.mp4")):
+                seconds = 2.0 if kind == "real" else 4.0
+                report = scan.scan_video(
+                    path, engine.settings, max_seconds=seconds, progress=False, engine=engine
+                )
+                reports[(kind, path.name)] = report
+    for (kind, name), report in sorted(reports.items()):
+        print(f"{kind:9s} {name:40s} {report['verdict']:9s} p_fake={report['p_fake']}")
+        assert report["verdict"] in VERDICTS and report["frames"] > 0
+    real = {name: report["verdict"] for (kind, name), report in reports.items() if kind == "real"}
+    assert real and all(report["tracks"] for (kind, _), report in reports.items() if kind == "real")
+    wrongly_fake = [name for name, verdict in real.items() if verdict == "FAKE"]
+    assert not wrongly_fake, f"real clips reported FAKE: {wrongly_fake}"
