@@ -149,9 +149,14 @@ class Chromium:
     """A headless Chromium process with a fresh profile, and the CDP connection to one tab."""
 
     def __init__(
-        self, executable: str, fake_video: Path | None = None, window: tuple[int, int] = (1280, 1000)
-    ):
+        self,
+        executable: str,
+        fake_video: Path | None = None,
+        window: tuple[int, int] = (1280, 1000),
+        camera_allowed: bool = True,
+    ) -> None:
         self.executable = executable
+        self.camera_allowed = camera_allowed
         self.fake_video = fake_video
         self.window = window
         self.profile = Path(tempfile.mkdtemp(prefix="stream-detector-chromium-"))
@@ -178,7 +183,10 @@ class Chromium:
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--allow-loopback-in-peer-connection",
             "--autoplay-policy=no-user-gesture-required",
-            "--use-fake-ui-for-media-stream",
+            # The fake permission prompt answers every camera request: allow, or deny.
+            "--use-fake-ui-for-media-stream"
+            if self.camera_allowed
+            else "--use-fake-ui-for-media-stream=deny",
             "--use-fake-device-for-media-stream",
             f"--window-size={self.window[0]},{self.window[1]}",
             f"--user-data-dir={self.profile}",
@@ -233,8 +241,10 @@ class Chromium:
 
 
 @contextlib.asynccontextmanager
-async def chromium(executable: str, fake_video: Path | None = None) -> AsyncIterator[Chromium]:
-    browser = Chromium(executable, fake_video)
+async def chromium(
+    executable: str, fake_video: Path | None = None, camera_allowed: bool = True
+) -> AsyncIterator[Chromium]:
+    browser = Chromium(executable, fake_video, camera_allowed=camera_allowed)
     try:
         await browser.start()
         yield browser

@@ -69,11 +69,11 @@ class FakeScanner:
     def __init__(self) -> None:
         self.paths: list[Path] = []
 
-    def scan(self, path: Path, progress: Callable[[float], None]) -> ScanResult:
+    def scan(self, path: Path, name: str, progress: Callable[[float], None]) -> ScanResult:
         self.paths.append(path)
         data = path.read_bytes()
         if not data.startswith(b"MEDIA"):
-            raise StreamDetectorError(f"{path.name} is not an image or video file")
+            raise StreamDetectorError(f"{name} is not an image or video file")
         progress(0.5)
         report = {"verdict": "UNCERTAIN", "p_fake": 0.5, "tracks": [{"id": 1, "verdict": "UNCERTAIN"}]}
         return ScanResult(report=report, annotated_jpeg=b"\xff\xd8jpeg")
@@ -350,7 +350,7 @@ def test_scan_uploads_are_judged_limited_and_explained() -> None:
     assert [status for status, _ in replies] == [200, 400, 413, 400, 400]
     ok = replies[0][1]
     assert ok["report"]["verdict"] == "UNCERTAIN" and ok["annotated"].startswith("data:image/jpeg;base64,")
-    assert "not an image or video" in replies[1][1]["error"]
+    assert replies[1][1]["error"] == "notes.txt is not an image or video file"
     assert "limit" in replies[2][1]["error"]
     assert "empty" in replies[3][1]["error"] and "multipart" in replies[4][1]["error"]
     assert all("\n" not in body.get("error", "") for _, body in replies)
@@ -525,3 +525,106 @@ def test_a_call_through_the_real_engine_returns_the_face_verdict(astronaut_bgr: 
         assert overlay_pixels(image, expected) - overlay_pixels(sent, expected) > 150, (
             f"no overlay at {stamp}"
         )
+
+
+@pytest.mark.slow
+def test_file_scanner_reports_like_the_scan_command(astronaut_bgr: np.ndarray, tmp_path: Path) -> None:
+    from stream_detector.engine import EngineSettings
+    from stream_detector.webrtc.scanning import FileScanner
+    from stream_detector.webrtc.server import ScanCancelled
+    from tests.media import moving_face_frames, write_video
+
+    frames, _ = moving_face_frames(astronaut_bgr, count=20)
+    video = write_video(tmp_path / "upload.avi", frames)
+    image = tmp_path / "upload.jpg"
+    cv2.imwrite(str(image), astronaut_bgr)
+    not_media = tmp_path / "upload.mp4"
+    not_media.write_bytes(b"plain text, not a video")
+    scanner = FileScanner(EngineSettings())
+    fractions_seen: list[float] = []
+    try:
+        video_result = scanner.scan(video, "holiday.avi", fractions_seen.append)
+        image_result = scanner.scan(image, "portrait.jpg", lambda fraction: None)
+        with pytest.raises(StreamDetectorError) as not_media_error:
+            scanner.scan(not_media, "notes.mp4", lambda fraction: None)
+
+        def cancel(fraction: float) -> None:
+            raise ScanCancelled
+
+        with pytest.raises(ScanCancelled):
+            scanner.scan(video, "holiday.avi", cancel)
+    finally:
+        scanner.close()
+
+    report = video_result.report
+    assert report["path"] == "holiday.avi" and report["kind"] == "video" and report["frames"] == 20
+    assert report["verdict"] in ("REAL", "FAKE", "UNCERTAIN") and len(report["tracks"]) >= 1
+    assert fractions_seen == sorted(fractions_seen) and fractions_seen[-1] == 1.0 and len(fractions_seen) > 10
+    picture = cv2.imdecode(np.frombuffer(video_result.annotated_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape == frames[0].shape
+    assert overlay_pixels(picture, (0, 0, 640, 360), margin=0) > 150, "the annotated frame has no overlay"
+    assert image_result.report["kind"] == "image" and image_result.report["path"] == "portrait.jpg"
+    assert image_result.report["verdict"] in ("REAL", "FAKE", "UNCERTAIN")
+    assert image_result.annotated_jpeg is not None
+    message = str(not_media_error.value)
+    assert "notes.mp4" in message and str(tmp_path) not in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repository = Path(__file__).resolve().parent.parent
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "stream_detector.cli", "serve", "--port", str(port), "--max-peers", "1"],
+            cwd=repository,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    async def scenario() -> tuple[dict, set[str], int]:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 90
+            while True:
+                assert server.poll() is None, log_path.read_text()[-2000:]
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{base}/status") as response:
+                        if response.status == 200:
+                            status = await response.json()
+                            break
+                assert time.monotonic() < deadline, "serve did not start"
+                await asyncio.sleep(0.5)
+            with restrict_host_addresses(LOOPBACK):
+                call = await start_call(http, base, StampedTrack(plain_frame))
+                hosts = {
+                    line.split()[4]
+                    for line in call.connection.remoteDescription.sdp.splitlines()
+                    if line.startswith("a=candidate")
+                }
+                await wait_until(lambda: len(call.messages) >= 5, 30, "verdict messages from serve")
+                await call.close()
+        return status, hosts, len(call.messages)
+
+    try:
+        status, hosts, messages = run(scenario())
+        server.send_signal(signal.SIGINT)
+        exit_code = server.wait(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    output = log_path.read_text()
+    assert status["max_peers"] == 1 and status["worker_alive"]
+    assert hosts == {"127.0.0.1"}, f"serve offered media on {hosts}"
+    assert messages >= 5
+    assert exit_code == 0, output[-2000:]
+    assert f"open http://127.0.0.1:{port}/" in output

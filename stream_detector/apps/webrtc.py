@@ -107,6 +107,9 @@ def run(args: argparse.Namespace) -> int:
         classify_hz=args.classify_hz, backend=args.backend, detector_range=args.detector_range
     )
     engine = build_engine(engine_settings)
+    # MediaPipe and the classifier start in seconds; pay that now, not on the first caller's frames.
+    engine.prepare("warm-up")
+    engine.close_source("warm-up")
     annotator = EngineAnnotator(engine)
     scanner = build_scanner(engine_settings)
     app = create_app(settings, annotator, scanner)

@@ -15,6 +15,7 @@ const element = (id) => document.getElementById(id);
 // What tests (and curious people, from the console) can read.
 const observed = {
   state: "idle",
+  history: ["idle"],
   messages: 0,
   lastMessage: null,
   facesSeen: 0,
@@ -42,6 +43,7 @@ function hideStatus() {
 
 function setState(state, detail = "") {
   observed.state = state;
+  if (observed.history[observed.history.length - 1] !== state) observed.history.push(state);
   element("connection").textContent = detail ? `${state}: ${detail}` : state;
 }
 
@@ -376,7 +378,7 @@ function scanFile(file) {
     } else {
       const reason = body && body.error ? body.error : request.status ? `HTTP ${request.status}` : "the server cannot be reached";
       observed.scanError = reason;
-      scanStatus(`${file.name}: ${reason}`, { error: true });
+      scanStatus(reason.includes(file.name) ? reason : `${file.name}: ${reason}`, { error: true });
     }
   };
   request.send(form);
@@ -396,22 +398,22 @@ function showScan(body, name) {
   element("scan-p-fake").textContent = format(report.p_fake);
   const summary = [];
   if (report.kind) summary.push(report.kind);
-  if (typeof report.frames_processed === "number") summary.push(`${report.frames_processed} frames`);
+  if (typeof report.frames === "number") summary.push(`${report.frames} frames`);
   if (typeof report.duration_s === "number") summary.push(`${report.duration_s.toFixed(1)} s`);
+  if (report.complete === false) summary.push("stopped early");
   element("scan-summary").textContent = summary.join(", ");
 
   const rows = element("scan-tracks").querySelector("tbody");
   rows.innerHTML = "";
   for (const track of report.tracks || []) {
     const row = document.createElement("tr");
-    const state = track.verdict || track.state || "";
-    const cells = [`#${track.id}`, state, format(track.p_fake), track.frames ?? track.frame_count ?? "–"];
+    const cells = [`#${track.id}`, track.state, format(track.mean_p_fake), track.frames_seen ?? "–"];
     for (const value of cells) {
       const cell = document.createElement("td");
       cell.textContent = String(value);
       row.appendChild(cell);
     }
-    row.children[1].className = `badge ${state}`;
+    row.children[1].className = `badge ${track.state}`;
     rows.appendChild(row);
   }
   element("scan-tracks").hidden = !(report.tracks || []).length;

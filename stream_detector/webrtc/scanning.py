@@ -1,11 +1,135 @@
-"""The real ``Scanner`` for ``POST /scan``: the ``scan`` command's report for an uploaded file."""
+"""The real ``Scanner`` for ``POST /scan``: the ``scan`` command's report for an uploaded file.
+
+The report is exactly what ``stream-detector scan`` prints (same engine settings and verdict rule),
+with ``path`` set to the uploaded file's name. Beside it goes one annotated picture: the image itself,
+or for a video the frame where a face looked most fake. Runs on the server's scan thread only.
+"""
 
 from __future__ import annotations
 
-from stream_detector.engine import EngineSettings
-from stream_detector.webrtc.server import Scanner
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from stream_detector.engine import Engine, EngineSettings, FrameResult
+from stream_detector.errors import StreamDetectorError
+from stream_detector.types import Frame
+from stream_detector.webrtc.server import ScanResult
+
+JPEG_QUALITY = 88
+# A long upload would hold the one scan thread (and a CPU) for minutes; the report says how much of
+# the video was scanned (``frames``, ``duration_s``).
+DEFAULT_MAX_SCAN_SECONDS = 120.0
 
 
-def build_scanner(settings: EngineSettings) -> Scanner | None:
-    """None while the scan command is not available (the page then says scanning is off)."""
-    return None
+class _WatchedEngine:
+    """The scan's engine, seen frame by frame: progress, cancellation, and the most telling frame."""
+
+    def __init__(self, engine: Engine, total_frames: int, progress: Callable[[float], None]) -> None:
+        self._engine = engine
+        self._total = max(total_frames, 1)
+        self._progress = progress
+        self._done = 0
+        self.best_suspicion = -1.0
+        self.best_image: np.ndarray | None = None
+
+    def process(self, frame: Frame) -> FrameResult:
+        result = self._engine.process(frame)
+        self._done += 1
+        self._progress(min(self._done / self._total, 1.0))  # raises ScanCancelled on shutdown
+        suspicion = max((verdict.p_smoothed for verdict in result.verdicts), default=-0.5)
+        if suspicion > self.best_suspicion:
+            from stream_detector.overlay import draw
+
+            self.best_suspicion = suspicion
+            self.best_image = draw(frame.image, result.verdicts)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def _jpeg(image: np.ndarray | None) -> bytes | None:
+    if image is None:
+        return None
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return data.tobytes() if ok else None
+
+
+def _frames_to_scan(path: Path, max_seconds: float | None) -> int:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        capture.release()
+    if max_seconds is not None and fps > 0:
+        total = min(total, int(round(max_seconds * fps))) if total else int(round(max_seconds * fps))
+    return total
+
+
+class FileScanner:
+    """Scans with ``stream_detector.apps.scan``; keeps one video engine between uploads."""
+
+    def __init__(
+        self, settings: EngineSettings, max_seconds: float | None = DEFAULT_MAX_SCAN_SECONDS
+    ) -> None:
+        # Like the scan command: every frame's faces are classified (no live rate limit).
+        self._settings = replace(settings, classify_hz=0.0)
+        self._max_seconds = max_seconds
+        self._video_engine: Engine | None = None
+
+    def scan(self, path: Path, name: str, progress: Callable[[float], None]) -> ScanResult:
+        from stream_detector.sources import IMAGE_SUFFIXES
+
+        try:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                report, picture = self._scan_image(path)
+            else:
+                report, picture = self._scan_video(path, progress)
+        except StreamDetectorError as error:
+            # The temporary upload path means nothing to the person who sent the file.
+            raise StreamDetectorError(str(error).replace(str(path), name)) from None
+        report["path"] = name
+        progress(1.0)
+        return ScanResult(report=report, annotated_jpeg=_jpeg(picture))
+
+    def _scan_image(self, path: Path) -> tuple[dict[str, Any], np.ndarray | None]:
+        from stream_detector.apps.scan import scan_image
+
+        with tempfile.TemporaryDirectory(prefix="stream-detector-annotated-") as directory:
+            output = Path(directory) / "annotated.png"
+            report = scan_image(path, self._settings, output)
+            picture = cv2.imread(str(output)) if output.is_file() else None
+        report.pop("output", None)
+        return report, picture
+
+    def _scan_video(
+        self, path: Path, progress: Callable[[float], None]
+    ) -> tuple[dict[str, Any], np.ndarray | None]:
+        from stream_detector.apps.scan import scan_video
+        from stream_detector.engine import build_engine
+
+        if self._video_engine is None:
+            self._video_engine = build_engine(self._settings)
+        watched = _WatchedEngine(self._video_engine, _frames_to_scan(path, self._max_seconds), progress)
+        report = scan_video(
+            path, self._settings, None, max_seconds=self._max_seconds, progress=False, engine=watched
+        )
+        return report, watched.best_image
+
+    def close(self) -> None:
+        if self._video_engine is not None:
+            self._video_engine.close()
+            self._video_engine = None
+
+
+def build_scanner(
+    settings: EngineSettings, max_seconds: float | None = DEFAULT_MAX_SCAN_SECONDS
+) -> FileScanner:
+    return FileScanner(settings, max_seconds)

@@ -52,10 +52,10 @@ class ScanCancelled(Exception):
 
 
 class Scanner(Protocol):
-    def scan(self, path: Path, progress: Callable[[float], None]) -> ScanResult:
+    def scan(self, path: Path, name: str, progress: Callable[[float], None]) -> ScanResult:
         """Judge an image or video file; StreamDetectorError (one line) for files that are not media.
 
-        ``progress`` takes the fraction done (0..1) and may raise ScanCancelled to stop the scan.
+        ``name`` is the file's name as uploaded, for messages and the report. ``progress`` takes the fraction done (0..1) and may raise ScanCancelled to stop the scan.
         """
 
 
@@ -195,13 +195,13 @@ async def scan(request: web.Request) -> web.Response:
         return error_response(404, "file scanning is not enabled on this server")
     limit = state.settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
-        return error_response(413, f"file is larger than the {limit // (1024 * 1024)} MB limit")
+        return error_response(413, f"file is larger than the {_megabytes(limit)} limit")
     job = request.query.get("job", "")[:64] or secrets.token_hex(8)
     progress = state.scan_progress.setdefault(job, _ScanProgress())
     directory = Path(tempfile.mkdtemp(prefix="stream-detector-scan-"))
     try:
         try:
-            path = await _receive_upload(request, directory, limit)
+            path, name = await _receive_upload(request, directory, limit)
         except web.HTTPException as error:
             return error_response(error.status, error.text or error.reason)
         progress.stage = "scan"
@@ -214,7 +214,7 @@ async def scan(request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(
-                state.scan_executor, state.scanner.scan, path, report_progress
+                state.scan_executor, state.scanner.scan, path, name, report_progress
             )
         except StreamDetectorError as error:
             return error_response(400, str(error))
@@ -229,8 +229,13 @@ async def scan(request: web.Request) -> web.Response:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _receive_upload(request: web.Request, directory: Path, limit: int) -> Path:
-    """Stream the multipart ``file`` field to disk, refusing it as soon as it passes ``limit``."""
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.3g} MB"
+
+
+async def _receive_upload(request: web.Request, directory: Path, limit: int) -> tuple[Path, str]:
+    """Stream the multipart ``file`` field to disk, refusing it as soon as it passes ``limit``;
+    returns where it is and the name it was sent with."""
     if not request.content_type.startswith("multipart/"):
         raise web.HTTPBadRequest(text='send the file as multipart/form-data in a field named "file"')
     reader = await request.multipart()
@@ -240,8 +245,9 @@ async def _receive_upload(request: web.Request, directory: Path, limit: int) -> 
             raise web.HTTPBadRequest(text='no field named "file" in the upload')
         if getattr(part, "name", None) == "file":
             break
-    # Only the suffix of the client's name is kept: it tells image from video readers apart.
-    suffix = Path(part.filename or "upload").suffix[:10]
+    # The client's name is only shown, never used as a path; its suffix tells images from videos.
+    name = Path((part.filename or "upload").replace("\\", "/")).name[:120] or "upload"
+    suffix = Path(name).suffix[:10]
     path = directory / f"upload{suffix}"
     size = 0
     with path.open("wb") as output:
@@ -251,12 +257,12 @@ async def _receive_upload(request: web.Request, directory: Path, limit: int) -> 
                 raise web.HTTPRequestEntityTooLarge(
                     max_size=limit,
                     actual_size=size,
-                    text=f"file is larger than the {limit // (1024 * 1024)} MB limit",
+                    text=f"{name}: file is larger than the {_megabytes(limit)} limit",
                 )
             output.write(chunk)
     if size == 0:
-        raise web.HTTPBadRequest(text="the uploaded file is empty")
-    return path
+        raise web.HTTPBadRequest(text=f"{name}: the uploaded file is empty")
+    return path, name
 
 
 async def scan_progress(request: web.Request) -> web.Response:
@@ -295,6 +301,10 @@ async def shutdown(state: ServerState) -> None:
     loop = asyncio.get_running_loop()
     if state.scan_executor is not None:
         executor, state.scan_executor = state.scan_executor, None
+        close_scanner = getattr(state.scanner, "close", None)
+        if callable(close_scanner):
+            # On the scan thread, after a scan in progress has stopped at its next frame.
+            executor.submit(close_scanner)
         try:
             stop = functools.partial(executor.shutdown, wait=True, cancel_futures=True)
             await asyncio.wait_for(loop.run_in_executor(None, stop), timeout)
