@@ -29,6 +29,7 @@ CAMERA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 CAMERA_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 WEBHOOK_SCHEMES = ("http", "https")
 MASK = "***"
+DAEMON_CLASSIFY_HZ = 5.0
 # Hiding very short values would mangle ordinary words in log lines; such secrets are not worth the name.
 MIN_SECRET_LENGTH = 3
 
@@ -55,6 +56,7 @@ class CameraConfig:
     # Frames analysed per second (detection, tracking, due faces classified); newer frames replace older
     # ones in between, so a camera's cost is set here and not by its frame rate.
     process_hz: float = 5.0
+    transport: str = "tcp"  # RTSP over TCP (one connection, no lost packets) or "udp"
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
 
 
@@ -314,6 +316,7 @@ def _camera(name: str, table: _Table, reconnect_defaults: ReconnectConfig, loade
         display_url=display_url(url),
         enabled=table.boolean("enabled", True),
         process_hz=table.number("process_hz", 5.0, 0.0, 60.0, exclusive_minimum=True),
+        transport=table.string("transport", "tcp", choices=("tcp", "udp")) or "tcp",
         reconnect=_reconnect(table.table("reconnect"), reconnect_defaults),
     )
     table.finish()
@@ -374,16 +377,23 @@ def _engine(table: _Table) -> EngineSettings:
     except ValueError as error:
         raise ConfigError(f"{smoothing_table.path}: {error}") from None
     tracking = TrackerSettings(**_settings_fields(table.table("tracking"), TrackerSettings, {}))
+    # Defaults are the engine's own, except the classification rate: the daemon's cost per camera is
+    # set by process_hz, and classifying every processed frame at that rate is what it is sized for.
+    defaults = EngineSettings()
     settings = EngineSettings(
-        detector_range=table.string("detector_range", "full", choices=("full", "short")) or "full",
-        min_detection_confidence=table.number("min_detection_confidence", 0.5, 0.0, 1.0),
-        min_face_size=table.integer("min_face_size", 24, 1, 4096),
-        min_verdict_face_size=table.integer("min_verdict_face_size", 48, 1, 4096),
-        min_sharpness=table.number("min_sharpness", 8.0, 0.0, 100000.0),
-        classify_hz=table.number("classify_hz", 5.0, 0.0, 60.0),
-        backend=table.string("backend", "auto", choices=("auto", "int8", "fp32", "keras")) or "auto",
+        detector_range=table.string("detector_range", defaults.detector_range, choices=("full", "short"))
+        or defaults.detector_range,
+        min_detection_confidence=table.number(
+            "min_detection_confidence", defaults.min_detection_confidence, 0.0, 1.0
+        ),
+        min_face_size=table.integer("min_face_size", defaults.min_face_size, 1, 4096),
+        min_verdict_face_size=table.integer("min_verdict_face_size", defaults.min_verdict_face_size, 1, 4096),
+        min_sharpness=table.number("min_sharpness", defaults.min_sharpness, 0.0, 1000.0),
+        classify_hz=table.number("classify_hz", DAEMON_CLASSIFY_HZ, 0.0, 60.0),
+        backend=table.string("backend", defaults.backend, choices=("auto", "int8", "fp32", "keras"))
+        or defaults.backend,
         model_dir=model_dir or None,
-        threads=table.integer("threads", 2, 1, 64),
+        threads=table.integer("threads", defaults.threads, 1, 64),
         tracking=tracking,
         smoothing=smoothing,
     )

@@ -8,8 +8,11 @@ line passes through a mask that hides credentials.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import os
+import sys
 import threading
 import time
 import traceback
@@ -17,7 +20,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 
@@ -40,6 +50,7 @@ class CameraHealth:
     last_frame_age_s: float | None
     lag_s: float | None  # age of the newest processed frame when its results came out
     reconnects: int
+    failed_opens: int
     dropped_frames: int
     frames_captured: int
     frames_processed: int
@@ -50,6 +61,8 @@ class DaemonMetrics:
     """The daemon's Prometheus metrics, in their own registry (several daemons can live in one test)."""
 
     def __init__(self, camera_status: Callable[[], Iterable[CameraHealth]] = tuple) -> None:
+        # The *_created series double the exposition for no use on a long-running daemon.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         self.faces = Counter(
             "stream_detector_faces",
@@ -151,6 +164,11 @@ class _CameraCollector:
         reconnects = CounterMetricFamily(
             "stream_detector_camera_reconnects", "Reconnections after a failure or stall", labels=["camera"]
         )
+        failed_opens = CounterMetricFamily(
+            "stream_detector_camera_failed_opens",
+            "Connection attempts that failed (refused, timed out, not a stream)",
+            labels=["camera"],
+        )
         for camera in self._camera_status():
             labels = [camera.name]
             up.add_metric(labels, 1.0 if camera.connected else 0.0)
@@ -164,7 +182,8 @@ class _CameraCollector:
             captured.add_metric(labels, camera.frames_captured)
             dropped.add_metric(labels, camera.dropped_frames)
             reconnects.add_metric(labels, camera.reconnects)
-        yield from (up, fps, capture_fps, age, lag, processed, captured, dropped, reconnects)
+            failed_opens.add_metric(labels, camera.failed_opens)
+        yield from (up, fps, capture_fps, age, lag, processed, captured, dropped, reconnects, failed_opens)
 
 
 def health_document(
@@ -315,6 +334,95 @@ class OneLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(record).replace("\n", " | ")
+
+
+class NativeStderr:
+    """Routes the process's file descriptor 2 through the logger, one masked record per line.
+
+    TensorFlow Lite, MediaPipe (absl) and FFmpeg write on fd 2 from C++, past Python's logging: multi-line
+    banners, dozens of identical warnings per model load, and FFmpeg messages that may quote a URL.
+    Here fd 2 becomes a pipe read by a thread; each line becomes a record of logger
+    ``stream_detector.native`` (repeats collapsed into a count), so every line the daemon writes is
+    structured and masked. The log handlers write to a copy of the original stderr, and Python's
+    fatal-error dumps (faulthandler) go there directly, so a crash is still visible.
+    """
+
+    def __init__(self, logger_name: str = "stream_detector.native") -> None:
+        self._logger = logging.getLogger(logger_name)
+        self._original_fd: int | None = None
+        self._read_fd: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> NativeStderr:
+        sys.stderr.flush()
+        self._original_fd = os.dup(2)
+        # Kept open for the life of the process (the log handlers write to it); closefd=False keeps the fd.
+        original = open(  # noqa: SIM115
+            self._original_fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False
+        )
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__):
+                handler.setStream(original)
+        sys.stderr = original
+        faulthandler.enable(file=original)
+        self._read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self._thread = threading.Thread(target=self._pump, name="native-stderr", daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _level(line: str) -> int:
+        head = line[:12].upper()
+        if head.startswith(("E", "F", "[ERROR", "ERROR")) and not head.startswith("ENV"):
+            return logging.ERROR
+        if head.startswith(("W", "[WARN", "WARNING")):
+            return logging.WARNING
+        return logging.INFO
+
+    def _pump(self) -> None:
+        assert self._read_fd is not None
+        pending = b""
+        last: str | None = None
+        repeats = 0
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > 65536:  # a writer that never ends its line: flush what there is
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if not line:
+                    continue
+                if line == last:
+                    repeats += 1
+                    continue
+                if repeats:
+                    self._logger.info("previous native line repeated %d more times", repeats)
+                    repeats = 0
+                last = line
+                self._logger.log(self._level(line), "%s", line)
+        if repeats:
+            self._logger.info("previous native line repeated %d more times", repeats)
+
+    def close(self) -> None:
+        """Puts fd 2 back and lets the reader drain what was written before."""
+        if self._original_fd is None:
+            return
+        os.dup2(self._original_fd, 2)  # the pipe's last writer is gone: the reader sees its end
+        if self._thread is not None:
+            self._thread.join(1.0)
+        if self._read_fd is not None and (self._thread is None or not self._thread.is_alive()):
+            os.close(self._read_fd)
+            self._read_fd = None
 
 
 def configure_logging(log_format: str, mask: Callable[[str], str]) -> None:

@@ -14,10 +14,16 @@ or a ``CaptureSource`` with timeouts, in the daemon). A supervisor thread per ca
 
 Nothing here raises into the caller: a camera that fails is a state (see ``status()``), never an
 exception that could stop the other cameras or the daemon.
+
+``StreamSource`` is the daemon's network source, on PyAV rather than OpenCV: OpenCV's FFmpeg backend
+opens captures under one process-wide lock, so a single camera that accepts and then says nothing holds
+every other camera's (re)connection for its whole open timeout (measured: a refused URL took the 4 s of a
+silent one opened just before it). PyAV opens and reads without that lock and without the GIL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import random
@@ -26,7 +32,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stream_detector.config import ReconnectConfig
+import numpy as np
+
+from stream_detector.config import ReconnectConfig, mask
+from stream_detector.errors import SourceError
 from stream_detector.sources import LatestFrameReader
 from stream_detector.types import Frame, FrameSource
 
@@ -36,6 +45,101 @@ log = logging.getLogger(__name__)
 STABLE_CONNECTION_S = 10.0
 # How long ``close`` waits for a capture thread blocked in a network read (its read timeout ends it).
 CAPTURE_JOIN_S = 1.0
+
+
+# Frames larger than this are refused (as sources.py does): a misconfigured 8K stream would eat the box.
+MAX_FRAME_PIXELS = 40_000_000
+
+
+class StreamSource:
+    """A network stream (RTSP, RTMP, HTTP) decoded with PyAV: bounded open and read, newest frames.
+
+    ``max_fps`` (> 0) hands out at most that many frames per second: every frame is still decoded
+    (H.264 needs them all) but only the ones handed out are converted to BGR arrays, which is most of
+    the per-frame cost; the others are counted in ``skipped``. Errors are ``SourceError`` lines with
+    the URL's password masked (FFmpeg's messages quote the URL whole).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        source_id: str,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 5.0,
+        transport: str = "tcp",
+        max_fps: float = 0.0,
+        secrets: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        import av
+
+        self.source_id = source_id
+        self.max_fps = max_fps
+        self.skipped = 0
+        self._secrets = secrets
+        self._clock = clock
+        self._index = 0
+        self._next_due = 0.0
+        options = {
+            # Probing a live stream for 5 s (FFmpeg's default) only delays the first frame.
+            "analyzeduration": "1000000",
+            "probesize": "2000000",
+            "fflags": "nobuffer",
+        }
+        if url.lower().startswith(("rtsp://", "rtsps://")):
+            options["rtsp_transport"] = transport
+        started = clock()
+        try:
+            self._container = av.open(url, options=options, timeout=(open_timeout_s, read_timeout_s))
+        except Exception as error:
+            waited = clock() - started
+            raise SourceError(
+                f"cannot open stream {mask(url, secrets)}: {self._describe(error)} (after {waited:.1f} s)"
+            ) from None
+        try:
+            self._stream = self._container.streams.video[0]
+        except IndexError:
+            self._container.close()
+            raise SourceError(f"no video in stream {mask(url, secrets)}") from None
+        self._stream.thread_type = "AUTO"
+        self._url = url
+        self._frames = self._container.decode(self._stream)
+
+    def _describe(self, error: BaseException) -> str:
+        text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        return mask(str(text), self._secrets)
+
+    def read(self) -> Frame | None:
+        while True:
+            try:
+                decoded = next(self._frames)
+            except StopIteration:
+                raise SourceError(f"stream ended: {mask(self._url, self._secrets)}") from None
+            except Exception as error:
+                raise SourceError(
+                    f"stream {mask(self._url, self._secrets)} failed: {self._describe(error)}"
+                ) from None
+            now = self._clock()
+            if self.max_fps > 0:
+                if now < self._next_due:
+                    self.skipped += 1
+                    continue
+                period = 1.0 / self.max_fps
+                # Keep the cadence, but never bank credit across a stall.
+                self._next_due = max(self._next_due + period, now - period)
+            if decoded.width * decoded.height > MAX_FRAME_PIXELS:
+                raise SourceError(
+                    f"frame too large: {decoded.width}x{decoded.height}: {mask(self._url, self._secrets)}"
+                )
+            image = decoded.to_ndarray(format="bgr24")
+            frame = Frame(np.ascontiguousarray(image), self._index, now * 1000.0, self.source_id)
+            self._index += 1
+            return frame
+
+    def close(self) -> None:
+        # Closing a broken connection may fail; there is nothing left to release then.
+        with contextlib.suppress(Exception):
+            self._container.close()
 
 
 class CameraState(enum.StrEnum):
@@ -126,6 +230,7 @@ class ReconnectingCamera:
         self._last_error: str | None = None
         self._next_attempt_at: float | None = None
         self._fps_window: list[float] = []
+        self._live: tuple[LatestFrameReader, FrameSource] | None = None  # the connection being pumped
         self._thread = threading.Thread(target=self._run, name=f"camera-{name}", daemon=True)
 
     def start(self) -> ReconnectingCamera:
@@ -174,7 +279,7 @@ class ReconnectingCamera:
                 connected=self._state == CameraState.CONNECTED,
                 frames_captured=self._frames_captured,
                 frames_taken=self._frames_taken,
-                dropped_frames=self._dropped,
+                dropped_frames=self._dropped + self._live_dropped(),
                 reconnects=self._reconnects,
                 failed_opens=self._failed_opens,
                 stalls=self._stalls,
@@ -185,6 +290,12 @@ class ReconnectingCamera:
                     None if self._next_attempt_at is None else max(0.0, self._next_attempt_at - now)
                 ),
             )
+
+    def _live_dropped(self) -> int:
+        if self._live is None:
+            return 0
+        reader, source = self._live
+        return reader.dropped + int(getattr(source, "skipped", 0))
 
     def close(self, timeout: float = 3.0) -> None:
         self._closed.set()
@@ -240,7 +351,10 @@ class ReconnectingCamera:
         with self._condition:
             self._state = CameraState.BACKOFF
             self._next_attempt_at = self._clock() + delay
-        log.info("camera=%s reconnect_in_s=%.2f attempt=%d", self.name, delay, self._backoff.attempt)
+        # Every attempt of a camera dead all night is not worth a line; the first ones and every tenth are.
+        attempt = self._backoff.attempt
+        level = logging.INFO if attempt <= 3 or attempt % 10 == 0 else logging.DEBUG
+        log.log(level, "camera=%s reconnect_in_s=%.2f attempt=%d", self.name, delay, attempt)
         self._wait(delay)
         with self._condition:
             self._next_attempt_at = None
@@ -266,6 +380,8 @@ class ReconnectingCamera:
     def _pump(self, source: FrameSource) -> float:
         """Move frames from a fresh connection to the slot until it fails or stalls; seconds it lasted."""
         reader = LatestFrameReader(source, name=f"capture-{self.name}", join_timeout_s=CAPTURE_JOIN_S)
+        with self._condition:
+            self._live = (reader, source)
         opened_at = time.monotonic()
         first_frame = True
         last_frame_at = opened_at
@@ -296,7 +412,8 @@ class ReconnectingCamera:
                 self._store(frame)
         finally:
             with self._condition:
-                self._dropped += reader.dropped
+                self._dropped += self._live_dropped()
+                self._live = None
             # close() joins briefly; a capture thread stuck in a read is left to its read timeout.
             reader.close()
         lasted = time.monotonic() - opened_at

@@ -235,7 +235,10 @@ if pytest is not None:
         problem = system_gstreamer_problem()
         if problem:
             pytest.fail(problem)
-        frames = write_face_frames(tmp_path_factory.mktemp("rtsp-frames"), astronaut_bgr)
+        from tests.media import head_patch
+
+        # The head cut out of the photo, so the face is large enough to be classified (not just found).
+        frames = write_face_frames(tmp_path_factory.mktemp("rtsp-frames"), head_patch(astronaut_bgr))
         servers: list[RtspServerProcess] = []
 
         def make(**options) -> RtspServerProcess:

@@ -32,6 +32,7 @@ def camera(name: str, connected: bool = True, **overrides) -> CameraHealth:
         last_frame_age_s=0.05 if connected else None,
         lag_s=0.12 if connected else None,
         reconnects=2,
+        failed_opens=0 if connected else 7,
         dropped_frames=40,
         frames_captured=100,
         frames_processed=60,
@@ -63,6 +64,8 @@ def test_metrics_cover_cameras_latency_faces_verdicts_and_events():
     )
     assert values[("stream_detector_camera_fps", door)] == 5.0
     assert values[("stream_detector_camera_reconnects_total", yard)] == 2
+    assert values[("stream_detector_camera_failed_opens_total", yard)] == 7
+    assert not any(name.endswith("_created") for name, _ in values)
     assert values[("stream_detector_camera_dropped_frames_total", door)] == 40
     assert values[("stream_detector_camera_last_frame_age_seconds", door)] == pytest.approx(0.05)
     assert ("stream_detector_camera_last_frame_age_seconds", yard) not in values  # never had a frame

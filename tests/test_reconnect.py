@@ -1,15 +1,19 @@
+import contextlib
 import random
+import signal
+import socket
 import threading
 import time
 
 import numpy as np
 import pytest
-import rtsp_server
 
 from stream_detector.config import ReconnectConfig
 from stream_detector.errors import SourceError
-from stream_detector.reconnect import Backoff, CameraState, ReconnectingCamera
+from stream_detector.reconnect import Backoff, CameraState, ReconnectingCamera, StreamSource
 from stream_detector.types import Frame
+from tests import rtsp_server
+from tests.rtsp_server import free_port
 
 rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 
@@ -158,17 +162,74 @@ def test_a_shared_stop_event_stops_the_camera():
     assert camera.read(timeout=0.1) is None or camera.read(timeout=0.1) is None
 
 
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(8)
+        self.port = self.socket.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.connections.append(self.socket.accept()[0])
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.mark.slow
+def test_a_silent_camera_times_out_without_holding_up_another_cameras_open():
+    silent = SilentServer()
+    finished: list[str] = []
+    errors: dict[str, str] = {}
+
+    def attempt(name: str, url: str) -> None:
+        try:
+            StreamSource(url, name, open_timeout_s=3, read_timeout_s=1, secrets=("pw-1234",)).close()
+        except SourceError as error:
+            errors[name] = str(error)
+        finished.append(name)
+
+    try:
+        hanging = threading.Thread(
+            target=attempt, args=("silent", f"rtsp://u:pw-1234@127.0.0.1:{silent.port}/x")
+        )
+        hanging.start()
+        time.sleep(0.3)  # the silent open is under way
+        refused = threading.Thread(
+            target=attempt, args=("refused", f"rtsp://u:pw-1234@127.0.0.1:{free_port()}/x")
+        )
+        refused.start()
+        refused.join(10)
+        hanging.join(10)
+    finally:
+        silent.close()
+    # With OpenCV's capture the refused open waits for the silent one (one process-wide open lock).
+    assert finished == ["refused", "silent"]
+    assert (
+        "cannot open stream rtsp://u:***@127.0.0.1" in errors["refused"]
+        and "refused" in errors["refused"].lower()
+    )
+    assert "after 3." in errors["silent"] or "after 2.9" in errors["silent"]
+    assert all("pw-1234" not in error for error in errors.values())
+
+
 @pytest.mark.slow
 def test_real_stream_refused_then_served(rtsp_server_factory):
     """A real RTSP URL: refused while the server is down, connected once it starts; one reconnect."""
-    from stream_detector.sources import CaptureSource
-
     server = rtsp_server_factory()
     url = server.url("cam")
     server.stop()
 
     def opener():
-        return CaptureSource(url, "cam", open_timeout_ms=2000, read_timeout_ms=2000)
+        return StreamSource(url, "cam", open_timeout_s=2, read_timeout_s=2, secrets=("pw-1234",))
 
     policy = ReconnectConfig(
         open_timeout_s=2, read_timeout_s=2, stall_timeout_s=3, backoff_initial_s=0.2, backoff_max_s=1
@@ -184,5 +245,15 @@ def test_real_stream_refused_then_served(rtsp_server_factory):
         assert wait_until(lambda: not camera.status().connected, timeout=10)
         server.start()
         assert wait_until(lambda: camera.status().reconnects == 1 and camera.status().connected, timeout=25)
+
+        # A server that freezes (SIGSTOP) keeps the TCP connection open and sends nothing: the stall
+        # watchdog or the read timeout drops it, and the camera is back once the server thaws.
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            assert wait_until(lambda: not camera.status().connected, timeout=10)
+            assert camera.status().last_error
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert wait_until(lambda: camera.status().reconnects == 2 and camera.status().connected, timeout=25)
     finally:
         camera.close()

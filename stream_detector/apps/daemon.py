@@ -1,15 +1,410 @@
-"""Placeholder until this app is built; replaced by its issue's work."""
+"""``stream-detector daemon --config configs/daemon.toml``: watch RTSP cameras, raise incidents, report health.
+
+Threads, and what each owns:
+- one supervisor per camera (reconnect.py), over one capture thread (sources.LatestFrameReader): keeps
+  the newest frame in a one-frame slot, reconnects with backoff, never raises;
+- the detection loop (the main thread): takes each camera's newest frame when that camera is due
+  (``process_hz``), runs the frames of all due cameras through ONE ``Engine.process_batch`` call (one
+  classifier batch across cameras), turns verdicts into events, writes them; lag cannot grow because
+  only the newest frame is ever taken;
+- the webhook sender (events.py) and the ops HTTP server (ops.py), so neither can slow detection.
+
+Stop (SIGTERM / SIGINT, or ``stop`` set): the loop finishes its batch; open events are closed and
+written; cameras stop (joined together, bounded); the webhook gets a short drain; the HTTP server last.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from stream_detector.errors import StreamDetectorError
+from stream_detector.config import CameraConfig, DaemonConfig, load_config
+from stream_detector.engine import Engine, FrameResult, build_engine
+from stream_detector.events import (
+    EventPolicy,
+    EventSinks,
+    EventTracker,
+    JsonlEventLog,
+    SnapshotWriter,
+    WebhookPolicy,
+    WebhookSender,
+)
+from stream_detector.ops import (
+    CameraHealth,
+    DaemonMetrics,
+    NativeStderr,
+    OpsServer,
+    configure_logging,
+    health_document,
+)
+from stream_detector.reconnect import ReconnectingCamera, StreamSource
+from stream_detector.types import Event, FrameSource, Stats
+
+log = logging.getLogger("stream_detector.daemon")
+
+# /healthz answers 503 when the detection loop has not turned for this long (a wedged engine).
+LOOP_STUCK_AFTER_S = 30.0
+# A camera without processed frames this long has its event tracker advanced by the clock alone, so
+# an incident on a camera that went dark still ends.
+IDLE_TICK_S = 1.0
+# Shutdown budget for the camera threads, all joined together.
+CAMERA_STOP_S = 3.0
+WEBHOOK_DRAIN_S = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument(
+        "--config", required=True, type=Path, help="the daemon's TOML file (see configs/daemon.toml)"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config, print the cameras (passwords masked) and exit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    raise StreamDetectorError("this command is not built yet")
+    config = load_config(args.config)  # ConfigError: one line, exit 2 (cli.py)
+    if args.check:
+        for camera in config.cameras:
+            state = "enabled" if camera.enabled else "disabled"
+            print(f"{camera.name}: {camera.display_url} ({state}, {camera.process_hz:g} Hz)")
+        print(f"config OK: {sum(c.enabled for c in config.cameras)} camera(s) enabled")
+        return 0
+    configure_logging(config.log_format, config.mask)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # FFmpeg's own notes (refused connections, RTP warnings) repeat what the camera supervisors say
+        # in one line; read once, before the first capture opens.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    # From here on every line on stderr is a structured, masked record, native libraries' included.
+    native = NativeStderr().start()
+    try:
+        engine = build_engine(config.engine)  # ModelError: one line, exit 2
+        daemon = Daemon(config, engine)
+        with StopSignals() as stop:
+            return daemon.run(stop)
+    finally:
+        native.close()
+
+
+class StopSignals:
+    """SIGTERM and SIGINT set an Event instead of raising; the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signal_number: int, _frame: object) -> None:
+        if self.event.is_set():
+            log.warning("signal=%s again: already stopping", signal.Signals(signal_number).name)
+        else:
+            log.info("signal=%s: stopping", signal.Signals(signal_number).name)
+        self.event.set()
+
+    def __enter__(self) -> threading.Event:
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signal_number] = signal.signal(signal_number, self._handle)
+        return self.event
+
+    def __exit__(self, *exc: object) -> None:
+        for signal_number, handler in self._previous.items():
+            signal.signal(signal_number, handler)  # type: ignore[arg-type]
+
+
+def stream_opener(camera: CameraConfig, secrets: tuple[str, ...] = ()) -> Callable[[], FrameSource]:
+    """A camera's source (reconnect.StreamSource on PyAV), opened with its open/read timeouts."""
+
+    def open_camera() -> FrameSource:
+        # The read timeout never exceeds the stall timeout: the watchdog should rarely have to act.
+        return StreamSource(
+            camera.url,
+            source_id=camera.name,
+            open_timeout_s=camera.reconnect.open_timeout_s,
+            read_timeout_s=min(camera.reconnect.read_timeout_s, camera.reconnect.stall_timeout_s),
+            transport=camera.transport,
+            # Twice the processing rate: the frame the loop takes is never older than half a period.
+            max_fps=2.0 * camera.process_hz,
+            secrets=secrets,
+        )
+
+    return open_camera
+
+
+@dataclass
+class _CameraRun:
+    """The detection loop's own figures for one camera (only the loop thread writes them)."""
+
+    config: CameraConfig
+    camera: ReconnectingCamera
+    events: EventTracker
+    period_s: float
+    next_due: float = 0.0
+    frames_processed: int = 0
+    last_processed: float = field(default_factory=time.monotonic)
+    last_tick_ms: float = 0.0
+    fps: float = 0.0
+    lag_s: float | None = None
+    max_track_id: int = -1
+    last_result: FrameResult | None = None
+
+
+class Daemon:
+    """The cameras of one config on one engine (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        engine: Engine,
+        opener_factory: Callable[[CameraConfig], Callable[[], FrameSource]] | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self._stop = threading.Event()
+        self._heartbeat = time.monotonic()
+        self.metrics = DaemonMetrics(self.camera_health)
+        self.ops_address: tuple[str, int] | None = None
+        events = config.events
+        self.policy = EventPolicy(
+            min_duration_ms=events.min_duration_s * 1000,
+            end_after_ms=events.end_after_s * 1000,
+            cooldown_ms=events.cooldown_s * 1000,
+            update_interval_ms=events.update_interval_s * 1000,
+        )
+        self.runs: list[_CameraRun] = []
+        for camera_config in config.cameras:
+            if not camera_config.enabled:
+                continue
+            opener = (
+                opener_factory(camera_config)
+                if opener_factory is not None
+                else stream_opener(camera_config, config.secrets)
+            )
+            camera = ReconnectingCamera(camera_config.name, opener, camera_config.reconnect, stop=self._stop)
+            self.runs.append(
+                _CameraRun(
+                    config=camera_config,
+                    camera=camera,
+                    events=EventTracker(camera_config.name, self.policy),
+                    period_s=1.0 / camera_config.process_hz,
+                )
+            )
+        self.sinks: EventSinks | None = None
+        self.ops: OpsServer | None = None
+        self.ready = threading.Event()
+
+    # Health and metrics (called from the HTTP server's threads).
+
+    def camera_health(self) -> list[CameraHealth]:
+        health = []
+        for run in self.runs:
+            status = run.camera.status()
+            health.append(
+                CameraHealth(
+                    name=run.config.name,
+                    url=run.config.display_url,
+                    state=str(status.state),
+                    connected=status.connected,
+                    fps=run.fps if time.monotonic() - run.last_processed < 5.0 else 0.0,
+                    capture_fps=status.capture_fps,
+                    last_frame_age_s=status.last_frame_age_s,
+                    lag_s=run.lag_s,
+                    reconnects=status.reconnects,
+                    failed_opens=status.failed_opens,
+                    dropped_frames=status.dropped_frames,
+                    frames_captured=status.frames_captured,
+                    frames_processed=run.frames_processed,
+                    last_error=status.last_error,
+                )
+            )
+        return health
+
+    def health(self) -> tuple[int, dict]:
+        return health_document(self.camera_health(), time.monotonic() - self._heartbeat, LOOP_STUCK_AFTER_S)
+
+    # The run.
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        """Until ``stop`` is set; 0 after a clean stop."""
+        external = stop or threading.Event()
+        config = self.config
+        log_file = JsonlEventLog(config.events.jsonl_path)
+        snapshots = (
+            SnapshotWriter(config.events.snapshot_directory, config.events.snapshot_quality)
+            if config.events.snapshots
+            else None
+        )
+        webhook = None
+        if config.webhook is not None:
+            hook = config.webhook
+            webhook = WebhookSender(
+                hook.url,
+                WebhookPolicy(
+                    hook.timeout_s,
+                    hook.max_retries,
+                    hook.backoff_initial_s,
+                    hook.backoff_max_s,
+                    hook.queue_size,
+                    hook.headers,
+                ),
+                display_url=hook.display_url,
+                on_result=lambda result: self.metrics.webhook.labels(result).inc(),
+            )
+        self.sinks = EventSinks(log_file, snapshots, webhook)
+        if config.http.enabled:
+            self.ops = OpsServer(
+                config.http.host, config.http.port, self.health, self.metrics.exposition, config.mask
+            ).start()
+            self.ops_address = self.ops.address
+            log.info("ops endpoint http://%s:%d/healthz /metrics", *self.ops_address)
+        for run in self.runs:
+            log.info(
+                "camera=%s url=%s process_hz=%g stall_timeout_s=%g",
+                run.config.name,
+                run.config.display_url,
+                run.config.process_hz,
+                run.config.reconnect.stall_timeout_s,
+            )
+            run.camera.start()
+        log.info(
+            "daemon started cameras=%d engine=%s events=%s",
+            len(self.runs),
+            self.engine.description,
+            log_file.path,
+        )
+        self.ready.set()
+        try:
+            while not external.is_set():
+                self._heartbeat = time.monotonic()
+                if not self._step():
+                    external.wait(0.005)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _step(self) -> bool:
+        """One turn of the detection loop; False when nothing was due (the caller naps)."""
+        now = time.monotonic()
+        batch = []
+        for run in self.runs:
+            if now < run.next_due:
+                continue
+            frame = run.camera.take()
+            if frame is None:
+                continue
+            batch.append((run, frame))
+            # The schedule keeps the average rate; a loop that fell behind does not bank a burst.
+            run.next_due = max(run.next_due + run.period_s, now - run.period_s)
+            if len(batch) >= self.config.max_batch_frames:
+                break
+        self._tick_idle_cameras(now)
+        if not batch:
+            return False
+        runs = {frame.source_id: run for run, frame in batch}
+        started = time.perf_counter()
+        try:
+            results = self.engine.process_batch([frame for _, frame in batch])
+        except Exception:
+            # One bad frame (or a detector hiccup) must not end the watch; the next frames go on.
+            self.metrics.errors.inc()
+            log.exception("engine failed on a batch of %d frames; skipped", len(batch))
+            return True
+        self.metrics.inference_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_frames.observe(len(batch))
+        done = time.monotonic()
+        for result in results:
+            self._handle(runs[result.frame.source_id], result, done)
+        return True
+
+    def _handle(self, run: _CameraRun, result: FrameResult, done: float) -> None:
+        name = run.config.name
+        run.frames_processed += 1
+        run.last_processed = done
+        run.fps = result.fps
+        run.lag_s = max(0.0, done - result.frame.timestamp_ms / 1000.0)
+        run.last_result = result
+        if result.faces:
+            self.metrics.faces.labels(name).inc(len(result.faces))
+        for verdict in result.verdicts:
+            self.metrics.verdicts.labels(name, str(verdict.state)).inc()
+            if verdict.id > run.max_track_id:
+                run.max_track_id = verdict.id
+                self.metrics.tracks.labels(name).inc()
+        run.last_tick_ms = result.frame.timestamp_ms
+        events = run.events.update(result.verdicts, result.frame.timestamp_ms)
+        for event in events:
+            self._emit(run, event, result)
+        self.metrics.open_events.labels(name).set(run.events.open_events)
+
+    def _tick_idle_cameras(self, now: float) -> None:
+        now_ms = now * 1000.0
+        for run in self.runs:
+            if run.events.open_events and now_ms - run.last_tick_ms >= IDLE_TICK_S * 1000:
+                run.last_tick_ms = now_ms
+                for event in run.events.update((), now_ms):
+                    self._emit(run, event, run.last_result)
+                self.metrics.open_events.labels(run.config.name).set(run.events.open_events)
+
+    def _emit(self, run: _CameraRun, event: Event, result: FrameResult | None, **extra: object) -> None:
+        image = None
+        if result is not None and event.kind in ("start", "update"):
+            from stream_detector.overlay import draw
+
+            status = run.camera.status()
+            stats = Stats(
+                fps=run.fps,
+                latency_ms=float(result.timings_ms.get("total", 0.0)),
+                dropped_frames=status.dropped_frames,
+                backend=self.engine.backend,
+            )
+            image = draw(result.frame.image, result.verdicts, stats, status=f"{run.config.name} {event.kind}")
+        assert self.sinks is not None
+        try:
+            self.sinks.emit(event, image, camera=run.config.name, **extra)
+        except OSError as error:
+            # A full disk must not stop detection; the line says what was lost.
+            log.error(
+                "event write failed camera=%s event_id=%s problem=%s", run.config.name, event.event_id, error
+            )
+            return
+        self.metrics.events.labels(run.config.name, event.kind).inc()
+        log.info(
+            "event kind=%s camera=%s event_id=%s track=%d p_fake=%.3f max_p_fake=%.3f duration_s=%.1f%s",
+            event.kind,
+            run.config.name,
+            event.event_id,
+            event.track_id,
+            event.p_fake,
+            event.max_p_fake,
+            event.duration_ms / 1000.0,
+            "".join(f" {key}={value}" for key, value in extra.items()),
+        )
+        if self.sinks.webhook is not None:
+            self.metrics.webhook_queue.set(self.sinks.webhook.queue_depth)
+
+    def _shutdown(self) -> None:
+        started = time.monotonic()
+        log.info("stopping: closing open events")
+        now_ms = time.monotonic() * 1000.0
+        for run in self.runs:
+            for event in run.events.close_all(now_ms):
+                self._emit(run, event, run.last_result, reason="shutdown")
+        self._stop.set()
+        deadline = time.monotonic() + CAMERA_STOP_S
+        for run in self.runs:
+            run.camera.close(max(0.1, deadline - time.monotonic()))
+        try:
+            self.engine.close()
+        except Exception:
+            log.exception("engine close failed")
+        if self.sinks is not None:
+            self.sinks.close(WEBHOOK_DRAIN_S)
+        if self.ops is not None:
+            self.ops.close()
+        log.info("stopped in_s=%.2f", time.monotonic() - started)

@@ -1,0 +1,422 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream_detector import cli
+from stream_detector.apps.daemon import Daemon
+from stream_detector.config import parse_config
+from stream_detector.engine import FrameResult
+from stream_detector.errors import SourceError
+from stream_detector.types import Frame, TrackedFace, Verdict, VerdictState
+from tests import rtsp_server
+
+rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "Top$ecret-77"
+
+
+def wait_until(condition, timeout=20.0, interval=0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class WebhookReceiver:
+    """Our own webhook target on 127.0.0.1; ``delay_s`` makes it a slow one."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.records: list[dict] = []
+        self.delay_s = delay_s
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(receiver.delay_s)
+                receiver.records.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never says a word: a camera that hangs at open."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(16)
+        self.port = self.socket.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self.connections:
+            connection.close()
+
+
+# In-process daemon on stub parts: fast, and every path (failing engine, hung webhook) on demand.
+
+
+class StubSource:
+    def __init__(self, name: str, interval: float = 0.02) -> None:
+        self.name = name
+        self.interval = interval
+        self.index = 0
+
+    def read(self) -> Frame:
+        time.sleep(self.interval)
+        self.index += 1
+        image = np.full((120, 160, 3), 100, np.uint8)
+        return Frame(image, self.index, time.monotonic() * 1000.0, self.name)
+
+    def close(self) -> None:
+        pass
+
+
+def stub_openers(config):
+    def opener() -> StubSource:
+        if config.name.startswith("dead"):
+            raise SourceError(f"cannot open stream {config.display_url} (refused)")
+        return StubSource(config.name)
+
+    return opener
+
+
+class StubEngine:
+    """Every frame has one face (track 1), FAKE; ``fail_calls`` raise instead."""
+
+    backend = "stub"
+    description = "stub engine"
+
+    def __init__(self, fail_calls: tuple[int, ...] = ()) -> None:
+        self.calls = 0
+        self.fail_calls = fail_calls
+        self.closed = False
+
+    def process_batch(self, frames):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise RuntimeError("detector hiccup")
+        results = []
+        for frame in frames:
+            box = (40.0, 30.0, 100.0, 90.0)
+            verdict = Verdict(1, box, VerdictState.FAKE, 0.93, 0.0)
+            results.append(
+                FrameResult(frame, (TrackedFace(1, box, 0.93),), (verdict,), {"total": 1.0}, fps=5.0)
+            )
+        return results
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def stub_config(
+    tmp_path: Path, cameras=("door", "yard", "dead"), webhook_url: str | None = None, **events
+) -> str:
+    event_values = {
+        "min_duration_s": 0.2,
+        "end_after_s": 0.5,
+        "cooldown_s": 0,
+        "update_interval_s": 60,
+    } | events
+    lines = ["[http]", "port = 0", "[events]", f'directory = "{tmp_path / "out"}"']
+    lines += [f"{key} = {value}" for key, value in event_values.items()]
+    if webhook_url:
+        lines += ["[webhook]", f'url = "{webhook_url}"', "timeout_s = 1", "max_retries = 0", "queue_size = 4"]
+    lines += ["[reconnect]", "backoff_initial_s = 0.05", "backoff_max_s = 0.2", "stall_timeout_s = 1"]
+    for name in cameras:
+        lines += [
+            f"[cameras.{name}]",
+            f'url = "rtsp://admin:${{CAM_PASSWORD}}@127.0.0.1:9/{name}"',
+            "process_hz = 10",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def start_daemon(config_text: str, engine) -> tuple[Daemon, threading.Event, threading.Thread]:
+    config = parse_config(config_text, environment={"CAM_PASSWORD": PASSWORD})
+    daemon = Daemon(config, engine, opener_factory=stub_openers)
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
+    thread.start()
+    assert daemon.ready.wait(10)
+    return daemon, stop, thread
+
+
+def fetch(daemon: Daemon, path: str) -> tuple[int, str]:
+    host, port = daemon.ops_address
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_events_open_per_camera_and_close_on_stop_while_a_dead_camera_retries(tmp_path):
+    engine = StubEngine()
+    daemon, stop, thread = start_daemon(stub_config(tmp_path), engine)
+    log_path = tmp_path / "out" / "events.jsonl"
+    try:
+        assert wait_until(
+            lambda: {e["camera"] for e in read_events(log_path) if e["kind"] == "start"} == {"door", "yard"}
+        )
+        status, text = fetch(daemon, "/healthz")
+        health = json.loads(text)
+        assert status == 200 and health["status"] == "degraded"
+        assert health["cameras"]["door"]["connected"] and not health["cameras"]["dead"]["connected"]
+        assert health["cameras"]["dead"]["failed_opens"] >= 1 and PASSWORD not in text
+        _, metrics = fetch(daemon, "/metrics")
+        assert 'stream_detector_events_total{camera="door",kind="start"} 1.0' in metrics
+        assert 'stream_detector_camera_up{camera="dead"} 0.0' in metrics
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive() and engine.closed
+    events = read_events(log_path)
+    # One incident per camera (the face never stopped being FAKE), ended by the shutdown.
+    assert sorted((e["camera"], e["kind"]) for e in events) == [
+        ("door", "end"),
+        ("door", "start"),
+        ("yard", "end"),
+        ("yard", "start"),
+    ]
+    assert all(e["reason"] == "shutdown" for e in events if e["kind"] == "end")
+    for start in (e for e in events if e["kind"] == "start"):
+        assert Path(start["snapshot"]).stat().st_size > 1000
+
+
+def test_a_failing_engine_batch_is_skipped_and_the_loop_goes_on(tmp_path):
+    engine = StubEngine(fail_calls=(2, 3))
+    daemon, stop, thread = start_daemon(stub_config(tmp_path, cameras=("door",)), engine)
+    try:
+        assert wait_until(lambda: engine.calls >= 10)
+        assert daemon.metrics.errors._value.get() == 2
+        assert daemon.runs[0].frames_processed >= 7
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_hung_webhook_never_slows_detection_and_stop_stays_bounded(tmp_path):
+    receiver = WebhookReceiver(delay_s=30.0)  # longer than the sender's timeout: every post fails late
+    engine = StubEngine()
+    # Short incidents, no cooldown: one event after another while the webhook hangs.
+    text = stub_config(tmp_path, cameras=("door",), webhook_url=receiver.url)
+    daemon, stop, thread = start_daemon(text, engine)
+    try:
+        assert wait_until(lambda: len(read_events(tmp_path / "out" / "events.jsonl")) >= 1)
+        processed = daemon.runs[0].frames_processed
+        # While the sender sits in its timeout, frames keep being processed at the camera's rate.
+        assert wait_until(lambda: daemon.runs[0].frames_processed >= processed + 15, timeout=10)
+    finally:
+        started = time.monotonic()
+        stop.set()
+        thread.join(15)
+        stop_seconds = time.monotonic() - started
+        receiver.close()
+    assert not thread.is_alive()
+    assert stop_seconds < 10  # drain (2 s) plus one webhook timeout (1 s), not the receiver's 30 s
+    assert read_events(tmp_path / "out" / "events.jsonl")[-1]["kind"] == "end"
+
+
+def test_cli_refuses_a_bad_config_with_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text('[cameras.door]\nurl = "rtsp://127.0.0.1/x"\nprocess_hz = -1\n')
+    assert cli.main(["daemon", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cameras.door.process_hz: must be > 0" in err
+
+
+def test_cli_check_shows_cameras_with_passwords_masked(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CAM_PASSWORD", PASSWORD)
+    path = tmp_path / "ok.toml"
+    path.write_text(stub_config(tmp_path, cameras=("door",)))
+    assert cli.main(["daemon", "--config", str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "door: rtsp://admin:***@127.0.0.1:9/door" in out and PASSWORD not in out
+
+
+# The real thing: the CLI in a subprocess, a GStreamer RTSP server, MediaPipe and the shipped model.
+
+
+def e2e_config(tmp_path: Path, server, dead_port: int, silent_port: int, webhook_url: str) -> Path:
+    text = f"""
+[daemon]
+log_format = "json"
+[http]
+port = 0
+[engine]
+# Thresholds at 0 make every classified face FAKE, whatever the weights say: the events are certain,
+# and the model, detector and classifier still run for real.
+smoothing = {{ fake_enter = 0.0, fake_exit = 0.0, real_enter = 0.0, real_exit = 0.0, min_evidence = 2.0 }}
+threads = 1
+[events]
+directory = "{tmp_path / "out"}"
+min_duration_s = 0.5
+end_after_s = 1.0
+cooldown_s = 0
+[webhook]
+url = "{webhook_url}"
+[reconnect]
+open_timeout_s = 4
+read_timeout_s = 2
+stall_timeout_s = 3
+backoff_initial_s = 0.3
+backoff_max_s = 1.0
+[cameras.door]
+url = "{server.url("door", "admin:${CAM_PASSWORD}")}"
+[cameras.yard]
+url = "{server.url("yard")}"
+[cameras.refused]
+url = "rtsp://admin:${{CAM_PASSWORD}}@127.0.0.1:{dead_port}/x"
+[cameras.silent]
+url = "rtsp://127.0.0.1:{silent_port}/x"
+reconnect = {{ open_timeout_s = 2 }}
+"""
+    path = tmp_path / "daemon.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_rtsp_cameras_survive_a_server_restart_and_sigterm_closes_everything(tmp_path, rtsp_server_factory):
+    server = rtsp_server_factory(mounts=("door", "yard"))
+    silent = SilentServer()
+    receiver = WebhookReceiver()
+    dead_port = rtsp_server.free_port()
+    config_path = e2e_config(tmp_path, server, dead_port, silent.port, receiver.url)
+    stderr_path = tmp_path / "stderr.log"
+    environment = dict(os.environ, CAM_PASSWORD=PASSWORD)
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream_detector.cli", "daemon", "--config", str(config_path)],
+            stderr=stderr,
+            stdout=subprocess.DEVNULL,
+            env=environment,
+            cwd=REPO,
+        )
+    log_path = tmp_path / "out" / "events.jsonl"
+
+    def log_lines() -> list[dict]:
+        return [json.loads(line) for line in stderr_path.read_text().splitlines() if line.strip()]
+
+    def health() -> dict:
+        port = next(
+            int(line["message"].split(":")[2].split("/")[0])
+            for line in log_lines()
+            if line["message"].startswith("ops endpoint")
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            text = response.read().decode()
+        assert PASSWORD not in text
+        return json.loads(text)["cameras"]
+
+    def metrics() -> str:
+        port = next(
+            int(line["message"].split(":")[2].split("/")[0])
+            for line in log_lines()
+            if line["message"].startswith("ops endpoint")
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def starts(camera: str) -> list[dict]:
+        return [e for e in read_events(log_path) if e["camera"] == camera and e["kind"] == "start"]
+
+    try:
+        assert wait_until(lambda: any(line["message"].startswith("ops endpoint") for line in log_lines()), 60)
+        assert wait_until(lambda: all(health()[name]["connected"] for name in ("door", "yard")), 60)
+        assert wait_until(lambda: starts("door") and starts("yard"), 30), read_events(log_path)
+
+        # The server dies mid-stream: both cameras go down, their incidents end (nothing stays open).
+        server.kill()
+        assert wait_until(lambda: not any(health()[name]["connected"] for name in ("door", "yard")), 20)
+        assert wait_until(lambda: len([e for e in read_events(log_path) if e["kind"] == "end"]) >= 2, 20)
+
+        # It comes back on the same port: both reconnect, the reconnect is counted, detection resumes.
+        server.start()
+        assert wait_until(
+            lambda: all(
+                health()[n]["connected"] and health()[n]["reconnects"] == 1 for n in ("door", "yard")
+            ),
+            40,
+        )
+        assert wait_until(lambda: len(starts("door")) >= 2 and len(starts("yard")) >= 2, 30)
+        cameras = health()
+        assert not cameras["refused"]["connected"] and cameras["refused"]["failed_opens"] >= 2
+        assert not cameras["silent"]["connected"] and cameras["silent"]["failed_opens"] >= 1
+        exposition = metrics()
+        assert 'stream_detector_camera_reconnects_total{camera="door"} 1.0' in exposition
+        assert 'stream_detector_camera_up{camera="refused"} 0.0' in exposition
+        assert "stream_detector_inference_seconds_count" in exposition
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            returncode = None
+        silent.close()
+
+    assert returncode == 0
+    events = read_events(log_path)
+    # No incident is lost: every start has exactly one end, the last ones closed by the shutdown.
+    for event_id in {e["event_id"] for e in events}:
+        kinds = [e["kind"] for e in events if e["event_id"] == event_id]
+        assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("end") == 1, kinds
+    assert {e["camera"] for e in events} == {"door", "yard"}
+    assert [e for e in events if e.get("reason") == "shutdown"]
+    for start in (e for e in events if e["kind"] == "start"):
+        assert Path(start["snapshot"]).is_file()
+    assert wait_until(lambda: len(receiver.records) == len(events), 5)
+    receiver.close()
+    # Every line the daemon wrote on stderr is one JSON record, and none carries the password.
+    text = stderr_path.read_text()
+    assert PASSWORD not in text
+    lines = log_lines()
+    assert any("camera=door connected reconnects=1" in line["message"] for line in lines)
+    assert lines[-1]["message"].startswith("stopped")
