@@ -138,13 +138,19 @@ class ImageSource:
 
 
 class ImageFolderSource:
-    """The images of a folder in name order, one frame each; files that do not decode are skipped."""
+    """The images of a folder in name order; files that do not decode are skipped (``skipped``).
+
+    One frame per image, ``frame_interval_ms`` apart in media time; or with ``realtime``, each image
+    held for ``frame_interval_ms`` as a 30 fps live stream (a slideshow in the window).
+    """
 
     def __init__(
         self,
         path: str | Path,
         source_id: str = "0",
         frame_interval_ms: float = 1000.0,
+        realtime: bool = False,
+        clock: Callable[[], float] = monotonic_ms,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
@@ -158,12 +164,17 @@ class ImageFolderSource:
             raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder: {self.path}")
         self.source_id = source_id
         self.frame_interval_ms = frame_interval_ms
+        self.realtime = realtime
         self.skipped: list[str] = []
         self.current_file: Path | None = None
+        self._clock = clock
         self._position = 0
         self._index = 0
+        self._image: np.ndarray | None = None
+        self._shown_since: float | None = None
+        self._next_due: float | None = None
 
-    def read(self) -> Frame | None:
+    def _next_image(self) -> np.ndarray | None:
         while self._position < len(self.files):
             path = self.files[self._position]
             self._position += 1
@@ -174,10 +185,30 @@ class ImageFolderSource:
                 self.skipped.append(str(path))
                 continue
             self.current_file = path
+            return image
+        return None
+
+    def read(self) -> Frame | None:
+        if not self.realtime:
+            image = self._next_image()
+            if image is None:
+                return None
             frame = Frame(image, self._index, self._index * self.frame_interval_ms, self.source_id)
             self._index += 1
             return frame
-        return None
+        now = self._clock()
+        if self._next_due is not None and now < self._next_due:
+            time.sleep((self._next_due - now) / 1000.0)
+        now = self._clock()
+        if self._image is None or now - self._shown_since >= self.frame_interval_ms:
+            self._image = self._next_image()
+            self._shown_since = now
+            if self._image is None:
+                return None
+        self._next_due = now + 1000.0 / DEFAULT_FPS
+        frame = Frame(self._image, self._index, now, self.source_id)
+        self._index += 1
+        return frame
 
     def close(self) -> None:
         pass
@@ -361,7 +392,7 @@ def open_source(
     if not path.exists():
         raise SourceError(f"no such file: {path}")
     if path.is_dir():
-        return ImageFolderSource(path, source_id)
+        return ImageFolderSource(path, source_id, realtime=realtime)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageSource(path, source_id, repeat=realtime)
     return VideoFileSource(path, source_id, realtime=realtime, loop=loop)
@@ -372,7 +403,7 @@ class LatestFrameReader:
 
     ``read(timeout)`` returns the newest frame not yet taken, waiting for one if needed; None at the
     source's clean end, or when ``timeout`` (seconds) passes first (check ``ended`` to tell them
-    apart); the source's SourceError is raised in the reader's thread once the slot is empty.
+    apart); the source's error (SourceError) is raised in the caller's thread once the slot is empty.
     ``close()`` stops the thread (joined with a timeout) and closes the source.
     """
 
@@ -399,9 +430,16 @@ class LatestFrameReader:
 
     @property
     def ended(self) -> bool:
-        """True once the source has ended or failed and its last frame has been taken."""
+        """True once the source has ended cleanly and its last frame has been taken. A failed source
+        is not "ended": the next ``read`` raises its error, so a caller polling with a timeout cannot
+        mistake a lost camera for the end of a file."""
         with self._condition:
-            return (self._ended or self._error is not None) and self._slot is None
+            return self._ended and self._error is None and self._slot is None
+
+    @property
+    def failed(self) -> bool:
+        with self._condition:
+            return self._error is not None
 
     def _run(self) -> None:
         try:

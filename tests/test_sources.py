@@ -141,6 +141,13 @@ def test_folder_of_images_in_name_order_skipping_bad_files(tmp_path):
     assert [int(frame.image.mean()) for frame in frames] == [0, 50, 100]
     assert [frame.index for frame in frames] == [0, 1, 2]
     assert len(source.skipped) == 1 and source.skipped[0].endswith("img1b.jpg")
+    # As a live slideshow: each image held for its interval at 30 fps, then the next.
+    slideshow = ImageFolderSource(tmp_path, realtime=True, frame_interval_ms=100.0)
+    shown = []
+    while (frame := slideshow.read()) is not None:
+        shown.append(int(frame.image.mean()))
+    assert shown[0] == 0 and shown[-1] == 100 and 6 <= len(shown) <= 12
+    assert sorted(shown) == shown and len(set(shown)) == 3
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SourceError, match="no images"):
@@ -236,6 +243,10 @@ def test_reader_passes_on_the_source_error_after_its_last_frame():
     reader = LatestFrameReader(CountingSource(3, fail=True), drop_frames=False)
     got = [reader.read(timeout=2.0) for _ in range(3)]
     assert all(frame is not None for frame in got)
+    deadline = time.monotonic() + 2
+    while not reader.failed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reader.failed and not reader.ended  # a lost camera is not the end of a file
     with pytest.raises(SourceError, match="stopped delivering"):
         reader.read(timeout=2.0)
     reader.close()
