@@ -21,8 +21,8 @@ in the call as one batch -> smooth per track -> verdicts.
   classification (``classify_hz=0``: every frame). Detection and tracking run on every frame, so the box
   follows the face at the full frame rate while the classifier runs at a fixed cost per face.
 - Quality: a face whose box is smaller than ``min_verdict_face_size`` px, or whose crop is blurred
-  (variance of the Laplacian below ``min_sharpness``), is not classified; its verdict decays to
-  UNCERTAIN (see smoothing.py) instead of resting on a guess.
+  (``crop_sharpness`` below ``min_sharpness``), is not classified; its verdict decays to UNCERTAIN
+  (see smoothing.py) instead of resting on a guess.
 - State (tracker, smoother, rate limiter, detector) is per ``Frame.source_id``; the classifier is
   shared. ``process`` and ``process_batch`` are serialised by a lock, so several threads may call them.
 - Timestamps are ``Frame.timestamp_ms``; nothing in here reads the wall clock except the stage
