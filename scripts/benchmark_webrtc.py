@@ -57,6 +57,8 @@ class PeerFigures:
 class RunFigures:
     peers: int
     seconds: float
+    server_cpu_cores: float
+    sender_cpu_cores: float
     fps_per_peer: float
     latency_p50_ms: float
     latency_p95_ms: float
@@ -82,6 +84,20 @@ def face_frames(count: int, phase: float) -> list[np.ndarray]:
     return frames
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), to show what each side costs."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -101,7 +117,7 @@ async def wait_for_server(http: aiohttp.ClientSession, base: str, server: subpro
     raise SystemExit("the server did not start within 120 s")
 
 
-async def measure(base: str, peers: int, seconds: float, warmup: float) -> RunFigures:
+async def measure(base: str, server_pid: int, peers: int, seconds: float, warmup: float) -> RunFigures:
     async with aiohttp.ClientSession() as http:
         tracks, calls = [], []
         for peer in range(peers):
@@ -137,9 +153,12 @@ async def measure(base: str, peers: int, seconds: float, warmup: float) -> RunFi
         first_message = [len(call.messages) for call in calls]
         window["open"] = True
         started = time.monotonic()
+        server_cpu, sender_cpu = process_cpu_seconds(server_pid), own_cpu_seconds()
         await asyncio.sleep(seconds)
         window["open"] = False
         elapsed = time.monotonic() - started
+        server_cpu = (process_cpu_seconds(server_pid) - server_cpu) / elapsed
+        sender_cpu = (own_cpu_seconds() - sender_cpu) / elapsed
         stop.set()
 
         per_peer = []
@@ -173,6 +192,8 @@ async def measure(base: str, peers: int, seconds: float, warmup: float) -> RunFi
     return RunFigures(
         peers=peers,
         seconds=elapsed,
+        server_cpu_cores=server_cpu,
+        sender_cpu_cores=sender_cpu,
         fps_per_peer=statistics.fmean(figures.fps for figures in per_peer),
         latency_p50_ms=float(np.percentile(every_latency, 50)),
         latency_p95_ms=float(np.percentile(every_latency, 95)),
@@ -208,12 +229,13 @@ async def benchmark(arguments: argparse.Namespace) -> list[RunFigures]:
                 await wait_for_server(http, base, server)
             results = []
             for peers in arguments.peers:
-                figures = await measure(base, peers, arguments.seconds, arguments.warmup)
+                figures = await measure(base, server.pid, peers, arguments.seconds, arguments.warmup)
                 results.append(figures)
                 print(
                     f"{peers} peer(s): {figures.fps_per_peer:5.1f} fps returned per peer, added latency "
                     f"p50 {figures.latency_p50_ms:5.1f} ms, p95 {figures.latency_p95_ms:5.1f} ms "
-                    f"(server share p50 {figures.server_latency_p50_ms:4.1f} ms)",
+                    f"(server share p50 {figures.server_latency_p50_ms:4.1f} ms); CPU cores busy: server "
+                    f"{figures.server_cpu_cores:.2f}, senders {figures.sender_cpu_cores:.2f} of {os.cpu_count()}",
                     flush=True,
                 )
                 await asyncio.sleep(2)  # the server closes the finished peers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import gc
 import json
 import threading
 import time
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
+from aiortc import RTCPeerConnection
 from aiortc.rtp import RtpPacket
 
 import stream_detector  # noqa: F401  (pylibsrtp before TensorFlow)
@@ -26,6 +28,7 @@ from stream_detector.types import Frame, Verdict, VerdictState
 from stream_detector.webrtc.client import StampedTrack, read_stamp, start_call, write_stamp
 from stream_detector.webrtc.ice import filter_candidates, host_addresses_for, restrict_host_addresses
 from stream_detector.webrtc.latency import MarkerJitterBuffer
+from stream_detector.webrtc.peer import PeerSession
 from stream_detector.webrtc.server import STATE_KEY, ScanResult, ServerSettings, create_app
 from stream_detector.webrtc.signalling import OfferError, parse_offer
 from stream_detector.webrtc.worker import Annotated, FrameWorker
@@ -414,6 +417,12 @@ def test_a_call_returns_annotated_video_and_verdicts_then_cleans_up() -> None:
     time.sleep(0.5)
     leaked = {name for name in _threads() - threads_before if not name.startswith("asyncio_")}
     assert not leaked, f"threads left running: {leaked}"
+    # Nothing holds on to the call's objects (a reference cycle through a callback would).
+    gc.collect()
+    alive = [
+        type(item).__name__ for item in gc.get_objects() if isinstance(item, PeerSession | RTCPeerConnection)
+    ]
+    assert not alive, f"still alive after the call: {alive}"
 
 
 def test_peers_share_batches_and_the_limit_refuses_the_next() -> None:
@@ -628,3 +637,58 @@ def test_serve_command_answers_on_loopback_and_stops_cleanly(tmp_path: Path) -> 
     assert messages >= 5
     assert exit_code == 0, output[-2000:]
     assert f"open http://127.0.0.1:{port}/" in output
+
+
+def test_serve_arguments_are_checked_before_anything_loads(capsys: pytest.CaptureFixture[str]) -> None:
+    from stream_detector.cli import main
+
+    assert main(["serve", "--port", "70000"]) == 2
+    assert main(["serve", "--max-peers", "0"]) == 2
+    assert main(["serve", "--keyfile", "key.pem"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        "stream-detector serve: error: --port must be 0..65535, not 70000",
+        "stream-detector serve: error: --max-peers must be at least 1, not 0",
+        "stream-detector serve: error: --keyfile needs --certfile",
+    ]
+
+
+def test_send_only_offers_get_verdicts_and_receive_only_offers_are_refused() -> None:
+    from aiortc import RTCConfiguration, RTCSessionDescription
+
+    async def offer(
+        http: aiohttp.ClientSession, base: str, connection: RTCPeerConnection
+    ) -> tuple[int, dict]:
+        await connection.setLocalDescription(await connection.createOffer())
+        local = connection.localDescription
+        async with http.post(f"{base}/offer", json={"sdp": local.sdp, "type": local.type}) as response:
+            return response.status, await response.json()
+
+    async def scenario() -> tuple[str, int, tuple[int, dict], int]:
+        app = create_app(loopback_settings(), FakeAnnotator())
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            sender.addTransceiver(StampedTrack(plain_frame), direction="sendonly")
+            channel = sender.createDataChannel("verdicts")
+            messages: list[dict] = []
+            channel.on("message", lambda message: messages.append(json.loads(message)))
+            status, answer = await offer(http, base, sender)
+            assert status == 200
+            await sender.setRemoteDescription(RTCSessionDescription(**answer))
+            await wait_until(lambda: len(messages) >= 5, 10, "verdicts for a send-only call")
+            await sender.close()
+
+            receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            receiver.addTransceiver("video", direction="recvonly")
+            refused = await offer(http, base, receiver)
+            await receiver.close()
+            await wait_until(lambda: not app[STATE_KEY].peers, 10, "no peers left")
+            direction = next(
+                line for line in answer["sdp"].splitlines() if line in ("a=recvonly", "a=sendrecv")
+            )
+            return direction, len(messages), refused, len(app[STATE_KEY].peers)
+
+    direction, message_count, (status, body), peers = run(scenario())
+    assert direction == "a=recvonly" and message_count >= 5
+    assert status == 400 and body["error"].startswith("offer does not send video")
+    assert peers == 0

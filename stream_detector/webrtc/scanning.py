@@ -18,7 +18,7 @@ import numpy as np
 
 from stream_detector.engine import Engine, EngineSettings, FrameResult
 from stream_detector.errors import StreamDetectorError
-from stream_detector.types import Frame
+from stream_detector.types import Frame, VerdictState
 from stream_detector.webrtc.server import ScanResult
 
 JPEG_QUALITY = 88
@@ -28,27 +28,39 @@ DEFAULT_MAX_SCAN_SECONDS = 120.0
 
 
 class _WatchedEngine:
-    """The scan's engine, seen frame by frame: progress, cancellation, and the most telling frame."""
+    """The scan's engine, seen frame by frame: progress, cancellation, and the frame to show.
+
+    The frame shown is the one where a face looked most fake while judged FAKE; without any FAKE
+    verdict, the last frame with faces (its verdicts carry the most evidence); else the first frame.
+    """
 
     def __init__(self, engine: Engine, total_frames: int, progress: Callable[[float], None]) -> None:
         self._engine = engine
         self._total = max(total_frames, 1)
         self._progress = progress
         self._done = 0
-        self.best_suspicion = -1.0
-        self.best_image: np.ndarray | None = None
+        self._best_rank = -1.0
+        self._best: tuple[np.ndarray, tuple] | None = None
 
     def process(self, frame: Frame) -> FrameResult:
         result = self._engine.process(frame)
         self._done += 1
         self._progress(min(self._done / self._total, 1.0))  # raises ScanCancelled on shutdown
-        suspicion = max((verdict.p_smoothed for verdict in result.verdicts), default=-0.5)
-        if suspicion > self.best_suspicion:
-            from stream_detector.overlay import draw
-
-            self.best_suspicion = suspicion
-            self.best_image = draw(frame.image, result.verdicts)
+        fakes = [verdict.p_smoothed for verdict in result.verdicts if verdict.state == VerdictState.FAKE]
+        rank = 1.0 + max(fakes) if fakes else (0.5 if result.verdicts else -0.5)
+        # Frames are fresh arrays from the decoder, so keeping a reference (no copy) is safe.
+        if self._best is None or rank > self._best_rank or (rank == 0.5 and self._best_rank == 0.5):
+            self._best_rank = rank
+            self._best = (frame.image, result.verdicts)
         return result
+
+    def annotated(self) -> np.ndarray | None:
+        if self._best is None:
+            return None
+        from stream_detector.overlay import draw
+
+        image, verdicts = self._best
+        return draw(image, verdicts)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
@@ -121,7 +133,7 @@ class FileScanner:
         report = scan_video(
             path, self._settings, None, max_seconds=self._max_seconds, progress=False, engine=watched
         )
-        return report, watched.best_image
+        return report, watched.annotated()
 
     def close(self) -> None:
         if self._video_engine is not None:
