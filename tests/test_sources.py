@@ -221,8 +221,8 @@ def test_reader_keeps_only_the_newest_frame_and_counts_drops():
         time.sleep(0.02)  # a consumer 10x slower than the source
     reader.close()
     indices = [frame.index for frame in taken]
-    assert indices == sorted(indices) and len(indices) < 60
-    assert reader.dropped > 100 and reader.captured == 200
+    assert indices == sorted(indices) and reader.captured == 200
+    assert len(indices) < 100 and reader.dropped > 100
     assert reader.dropped + reader.delivered == reader.captured
     # Lag does not grow: each frame taken is one of the newest, not the oldest waiting.
     lags = [time.monotonic() * 1000 - frame.timestamp_ms for frame in taken[-5:]]
