@@ -202,6 +202,13 @@ def test_marker_bit_releases_a_frame_without_waiting_for_the_next() -> None:
     assert buffer.add(_packet(12, 6000, 0))[1] is None
     frame = buffer.add(_packet(13, 9000, 0))[1]
     assert frame is not None and frame.timestamp == 6000
+    # A padding-only packet between frames is not handed over as a frame of its own.
+    buffer.add(_packet(14, 9000, 1))
+    padding = _packet(15, 9000, 0)
+    padding._data = b""
+    assert buffer.add(padding)[1] is None
+    frame = buffer.add(_packet(16, 12000, 1))[1]
+    assert frame is not None and frame.timestamp == 12000 and frame.data == bytes([16])
 
 
 # --- the worker ----------------------------------------------------------------------------------

@@ -25,6 +25,13 @@ class MarkerJitterBuffer(JitterBuffer):
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         if self._origin is None:
             return None
+        while True:
+            first = self._packets[self._origin % self._capacity]
+            if first is None or first._data or first.marker:
+                break
+            # A padding-only packet (a bandwidth probe) after a released frame carries nothing for
+            # the decoder; left at the front it would be handed over as an empty frame.
+            self.remove(1)
         timestamp = None
         packets = []
         for count in range(self.capacity):
