@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import REPO, shared_data
 
 from stream_detector.classifier import load_classifier
 from stream_detector.crops import crop_face
 from stream_detector.dataset import jpeg
+from tests.conftest import REPO, shared_data
 
 pytestmark = pytest.mark.slow
 
