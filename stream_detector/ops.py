@@ -70,6 +70,12 @@ class DaemonMetrics:
             ["camera"],
             registry=self.registry,
         )
+        self.classified = Counter(
+            "stream_detector_classified_faces",
+            "Face crops classified, per camera",
+            ["camera"],
+            registry=self.registry,
+        )
         self.tracks = Counter(
             "stream_detector_face_tracks",
             "Distinct faces seen (new face tracks), per camera",
@@ -114,7 +120,8 @@ class DaemonMetrics:
         )
         self.errors = Counter(
             "stream_detector_processing_errors",
-            "Batches that failed in the engine (the frames are skipped)",
+            "Frames the engine failed on (skipped), per camera",
+            ["camera"],
             registry=self.registry,
         )
         self.registry.register(_CameraCollector(camera_status))

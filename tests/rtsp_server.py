@@ -6,7 +6,8 @@ scripts/setup_test_system.sh installs them), not the project's venv:
     /usr/bin/python3 tests/rtsp_server.py --port 8554 --frames DIR --mount cam --fps 10
 
 It serves the JPEG files DIR/00000.jpg, 00001.jpg, ... in a loop, as H.264 (like an IP camera) or
-MJPEG, at ``--fps``. Every mount is shared: one encoder, however many clients, so a benchmark with many
+MJPEG, at ``--fps``; or, with ``--video FILE.mp4``, an H.264 MP4 as it is, paced in real time and
+never re-encoded (the benchmark: the server then costs almost no CPU beside the daemon it measures). Every mount is shared: one encoder, however many clients, so a benchmark with many
 cameras on one box measures the daemon and not the server. Prints ``READY <port>`` once it listens.
 Only loopback is ever bound.
 
@@ -33,7 +34,12 @@ SETUP_HINT = (
 )
 
 
-def launch_line(frames: Path, fps: int, codec: str, bitrate_kbps: int) -> str:
+def launch_line(
+    frames: Path | None, fps: int, codec: str, bitrate_kbps: int, video: Path | None = None
+) -> str:
+    if video is not None:
+        return f'( filesrc location="{video}" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=1 )'
+
     source = (
         f'multifilesrc location="{frames}/%05d.jpg" index=0 loop=true caps="image/jpeg,framerate={fps}/1"'
     )
@@ -50,13 +56,18 @@ def launch_line(frames: Path, fps: int, codec: str, bitrate_kbps: int) -> str:
 def serve() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--frames", type=Path, required=True, help="directory of 00000.jpg, 00001.jpg, ...")
+    parser.add_argument("--frames", type=Path, help="directory of 00000.jpg, 00001.jpg, ...")
+    parser.add_argument("--video", type=Path, help="an H.264 .mp4 served as it is (instead of --frames)")
     parser.add_argument("--mount", action="append", default=None, help="mount name(s); default 'cam'")
     parser.add_argument("--fps", type=int, default=10)
     parser.add_argument("--codec", choices=("h264", "mjpeg"), default="h264")
     parser.add_argument("--bitrate-kbps", type=int, default=1500)
     args = parser.parse_args()
-    if not (args.frames / "00000.jpg").is_file():
+    if args.video is not None:
+        if not args.video.is_file():
+            print(f"rtsp_server: no such video {args.video}", file=sys.stderr)
+            return 2
+    elif args.frames is None or not (args.frames / "00000.jpg").is_file():
         print(f"rtsp_server: no {args.frames}/00000.jpg", file=sys.stderr)
         return 2
 
@@ -73,7 +84,9 @@ def serve() -> int:
     mounts = server.get_mount_points()
     for mount in args.mount or ["cam"]:
         factory = GstRtspServer.RTSPMediaFactory()
-        factory.set_launch(launch_line(args.frames.resolve(), args.fps, args.codec, args.bitrate_kbps))
+        frames = args.frames.resolve() if args.frames else None
+        video = args.video.resolve() if args.video else None
+        factory.set_launch(launch_line(frames, args.fps, args.codec, args.bitrate_kbps, video))
         factory.set_shared(True)
         # Keep the pipeline running between clients, so a reconnecting client gets frames at once.
         factory.set_suspend_mode(GstRtspServer.RTSPSuspendMode.NONE)
@@ -144,14 +157,16 @@ class RtspServerProcess:
 
     def __init__(
         self,
-        frames: Path,
+        frames: Path | None = None,
         mounts: tuple[str, ...] = ("cam",),
         port: int | None = None,
         fps: int = 10,
         codec: str = "h264",
         bitrate_kbps: int = 1500,
+        video: Path | None = None,
     ) -> None:
-        self.frames = Path(frames)
+        self.frames = Path(frames) if frames else None
+        self.video = Path(video) if video else None
         self.mounts = mounts
         self.port = port or free_port()
         self.fps = fps
@@ -164,7 +179,11 @@ class RtspServerProcess:
 
     def start(self, timeout_s: float = 20.0) -> RtspServerProcess:
         command = [SYSTEM_PYTHON, str(Path(__file__).resolve()), "--port", str(self.port)]
-        command += ["--frames", str(self.frames), "--fps", str(self.fps), "--codec", self.codec]
+        if self.video is not None:
+            command += ["--video", str(self.video)]
+        else:
+            command += ["--frames", str(self.frames)]
+        command += ["--fps", str(self.fps), "--codec", self.codec]
         command += ["--bitrate-kbps", str(self.bitrate_kbps)]
         for mount in self.mounts:
             command += ["--mount", mount]
@@ -242,7 +261,7 @@ if pytest is not None:
         servers: list[RtspServerProcess] = []
 
         def make(**options) -> RtspServerProcess:
-            server = RtspServerProcess(frames, **options).start()
+            server = RtspServerProcess(frames=frames, **options).start()
             servers.append(server)
             return server
 

@@ -17,7 +17,7 @@ from stream_detector import cli
 from stream_detector.apps.daemon import Daemon
 from stream_detector.config import parse_config
 from stream_detector.engine import FrameResult
-from stream_detector.errors import SourceError
+from stream_detector.errors import ConfigError, SourceError
 from stream_detector.types import Frame, TrackedFace, Verdict, VerdictState
 from tests import rtsp_server
 
@@ -126,7 +126,8 @@ def stub_openers(config):
 
 
 class StubEngine:
-    """Every frame has one face (track 1), FAKE; ``fail_calls`` raise instead."""
+    """Every frame has one face (track 1), FAKE; calls in ``fail_calls`` and frames of cameras named
+    "bad..." raise instead (a whole batch fails when it holds one of those)."""
 
     backend = "stub"
     description = "stub engine"
@@ -138,7 +139,7 @@ class StubEngine:
 
     def process_batch(self, frames):
         self.calls += 1
-        if self.calls in self.fail_calls:
+        if self.calls in self.fail_calls or any(frame.source_id.startswith("bad") for frame in frames):
             raise RuntimeError("detector hiccup")
         results = []
         for frame in frames:
@@ -228,17 +229,31 @@ def test_events_open_per_camera_and_close_on_stop_while_a_dead_camera_retries(tm
         assert Path(start["snapshot"]).stat().st_size > 1000
 
 
-def test_a_failing_engine_batch_is_skipped_and_the_loop_goes_on(tmp_path):
-    engine = StubEngine(fail_calls=(2, 3))
-    daemon, stop, thread = start_daemon(stub_config(tmp_path, cameras=("door",)), engine)
+def test_a_camera_whose_frames_break_the_engine_costs_only_its_own_frames(tmp_path):
+    engine = StubEngine(fail_calls=(2,))
+    daemon, stop, thread = start_daemon(stub_config(tmp_path, cameras=("door", "bad")), engine)
+    door, bad = daemon.runs
     try:
-        assert wait_until(lambda: engine.calls >= 10)
-        assert daemon.metrics.errors._value.get() == 2
-        assert daemon.runs[0].frames_processed >= 7
+        assert wait_until(lambda: door.frames_processed >= 20 and bad.camera.status().frames_taken >= 20)
+        errors = daemon.metrics.errors
+        assert errors.labels("bad")._value.get() >= 20 and errors.labels("door")._value.get() <= 1
+        assert bad.frames_processed == 0
+        assert [e["camera"] for e in read_events(tmp_path / "out" / "events.jsonl")] == ["door"]
     finally:
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_an_unwritable_event_directory_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    text = stub_config(tmp_path, cameras=("door",)).replace(str(tmp_path / "out"), str(blocker / "out"))
+    daemon = Daemon(
+        parse_config(text, environment={"CAM_PASSWORD": PASSWORD}), StubEngine(), opener_factory=stub_openers
+    )
+    with pytest.raises(ConfigError, match=r"^events.directory: cannot create .*file/out"):
+        daemon.run(threading.Event())
 
 
 def test_a_hung_webhook_never_slows_detection_and_stop_stays_bounded(tmp_path):

@@ -1,0 +1,373 @@
+"""How many 720p RTSP cameras one box sustains with the daemon, faces classified at 5 Hz per camera.
+
+    .venv/bin/python scripts/benchmark_daemon.py --cameras 4 8 12 --seconds 60 --json bench.json
+
+For each camera count: one real GStreamer RTSP server on 127.0.0.1 (tests/rtsp_server.py, Debian's
+python3) serves a pre-encoded 720p H.264 clip of a real face (the astronaut photo, or ``--clip`` e.g. a
+clip from ../shared/data/videos) to N cameras; the daemon runs as its own process
+(``stream-detector daemon``), and its /metrics and /proc figures are sampled after a warm-up.
+
+"Sustained" means, over the measured window: every camera processed >= 90 % of ``process_hz`` frames
+per second, faces were classified at >= 90 % of that rate, and the lag (age of the newest processed
+frame when its verdicts came out) did not grow (second half's mean <= first half's + 0.25 s) and
+stayed under 2 s. The daemon's CPU use (cores) and RSS are reported too, so the result can be read on a
+box shared with other work: cores per camera says what a dedicated box would sustain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import stream_detector  # noqa: E402,F401  (pylibsrtp before anything that loads TensorFlow)
+from tests.rtsp_server import RtspServerProcess, system_gstreamer_problem, write_face_frames  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def make_clip(directory: Path, size: tuple[int, int], fps: int, seconds: float, source: Path | None) -> Path:
+    """An H.264 MP4 long enough for the whole run (a short loop repeated without re-encoding)."""
+    import cv2
+    import skimage.data
+
+    from tests.media import head_patch
+
+    width, height = size
+    loop = directory / "loop.mp4"
+    if source is not None:
+        encode = ["ffmpeg", "-y", "-loglevel", "error", "-i", str(source), "-t", "20"]
+        encode += [
+            "-vf",
+            f"scale={width}:{height}:force_original_aspect_ratio=decrease,pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,fps={fps}",
+        ]
+    else:
+        face = head_patch(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR))
+        frames = write_face_frames(directory / "frames", face, count=fps * 4, size=size, face_height=0.45)
+        encode = [
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-framerate",
+            str(fps),
+            "-i",
+            str(frames / "%05d.jpg"),
+        ]
+    # A key frame every second, like an IP camera; baseline profile, no B-frames.
+    encode += ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-profile:v", "baseline"]
+    encode += ["-pix_fmt", "yuv420p", "-g", str(fps), "-b:v", "2000k", "-an", str(loop)]
+    subprocess.run(encode, check=True)
+    long_clip = directory / "long.mp4"
+    loops = int(seconds / 4) + 2 if source is None else int(seconds / 20) + 2
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-y",
+            "-loglevel",
+            "error",
+            "-stream_loop",
+            str(loops),
+            "-i",
+            str(loop),
+            "-c",
+            "copy",
+            str(long_clip),
+        ],
+        check=True,
+    )
+    return long_clip
+
+
+def free_port() -> int:
+    from tests.rtsp_server import free_port as pick
+
+    return pick()
+
+
+def daemon_config(directory: Path, url: str, cameras: int, process_hz: float, http_port: int) -> Path:
+    lines = [
+        "[daemon]",
+        'log_format = "json"',
+        "[http]",
+        f"port = {http_port}",
+        "[engine]",
+        f"classify_hz = {process_hz}",
+        "[events]",
+        f'directory = "{directory / "events"}"',
+        "[reconnect]",
+        "stall_timeout_s = 10",
+    ]
+    for index in range(cameras):
+        lines += [f"[cameras.cam{index:02d}]", f'url = "{url}"', f"process_hz = {process_hz}"]
+    path = directory / f"daemon-{cameras}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def parse_metrics(text: str) -> dict[tuple[str, str], float]:
+    """{(metric name, camera label or ''): value} from a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, sample.labels.get("camera", ""))] = values.get(
+                (sample.name, sample.labels.get("camera", "")), 0.0
+            ) + float(sample.value)
+    return values
+
+
+def process_figures(pid: int) -> tuple[float, float]:
+    """(CPU seconds used so far, RSS in MiB) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    rss_kib = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    return cpu, rss_kib / 1024.0
+
+
+def fetch(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.read().decode()
+
+
+@dataclass
+class Sample:
+    t: float
+    cpu_s: float
+    rss_mib: float
+    metrics: dict
+
+
+class DaemonProcess:
+    """``stream-detector daemon`` as a subprocess, with its HTTP port known in advance."""
+
+    def __init__(self, config: Path, http_port: int, log_path: Path) -> None:
+        self.http_port = http_port
+        self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stream_detector.cli", "daemon", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            cwd=REPO,
+        )
+
+    def wait_connected(self, cameras: int, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                health = json.loads(fetch(self.http_port, "/healthz"))
+                if sum(camera["connected"] for camera in health["cameras"].values()) == cameras:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"not all {cameras} cameras connected within {timeout_s:.0f} s")
+
+    def sample(self) -> Sample:
+        cpu, rss = process_figures(self.process.pid)
+        return Sample(time.monotonic(), cpu, rss, parse_metrics(fetch(self.http_port, "/metrics")))
+
+    def stop(self) -> float:
+        """SIGTERM; seconds until it exited."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+        return time.monotonic() - started
+
+
+@dataclass
+class Result:
+    cameras: int
+    sustained: bool
+    processed_fps_min: float
+    processed_fps_mean: float
+    classified_per_camera_s_min: float
+    lag_first_half_s: float
+    lag_second_half_s: float
+    lag_max_s: float
+    cpu_cores: float
+    cpu_cores_per_camera: float
+    rss_start_mib: float
+    rss_end_mib: float
+    inference_mean_ms: float
+    dropped_per_camera_s: float
+    stop_seconds: float
+
+
+def summarise(cameras: int, samples: list[Sample], process_hz: float, stop_seconds: float) -> Result:
+    first, last = samples[0], samples[-1]
+    span = last.t - first.t
+    names = [f"cam{index:02d}" for index in range(cameras)]
+
+    def rate(metric: str, name: str) -> float:
+        return (last.metrics.get((metric, name), 0.0) - first.metrics.get((metric, name), 0.0)) / span
+
+    processed = [rate("stream_detector_camera_frames_processed_total", name) for name in names]
+    classified = [rate("stream_detector_classified_faces_total", name) for name in names]
+    dropped = [rate("stream_detector_camera_dropped_frames_total", name) for name in names]
+    lags = [
+        statistics.mean(
+            sample.metrics.get(("stream_detector_camera_lag_seconds", name), 0.0) for name in names
+        )
+        for sample in samples
+    ]
+    half = len(lags) // 2
+    lag_first, lag_second = statistics.mean(lags[:half]), statistics.mean(lags[half:])
+    lag_max = max(
+        sample.metrics.get(("stream_detector_camera_lag_seconds", name), 0.0)
+        for sample in samples
+        for name in names
+    )
+    inference_count = last.metrics.get(
+        ("stream_detector_inference_seconds_count", ""), 0
+    ) - first.metrics.get(("stream_detector_inference_seconds_count", ""), 0)
+    inference_sum = last.metrics.get(("stream_detector_inference_seconds_sum", ""), 0) - first.metrics.get(
+        ("stream_detector_inference_seconds_sum", ""), 0
+    )
+    cores = (last.cpu_s - first.cpu_s) / span
+    sustained = (
+        min(processed) >= 0.9 * process_hz
+        and min(classified) >= 0.9 * process_hz
+        and lag_second <= lag_first + 0.25
+        and lag_max < 2.0
+    )
+    return Result(
+        cameras=cameras,
+        sustained=sustained,
+        processed_fps_min=round(min(processed), 2),
+        processed_fps_mean=round(statistics.mean(processed), 2),
+        classified_per_camera_s_min=round(min(classified), 2),
+        lag_first_half_s=round(lag_first, 3),
+        lag_second_half_s=round(lag_second, 3),
+        lag_max_s=round(lag_max, 3),
+        cpu_cores=round(cores, 2),
+        cpu_cores_per_camera=round(cores / cameras, 3),
+        rss_start_mib=round(first.rss_mib, 1),
+        rss_end_mib=round(last.rss_mib, 1),
+        inference_mean_ms=round(1000 * inference_sum / max(inference_count, 1), 1),
+        dropped_per_camera_s=round(statistics.mean(dropped), 1),
+        stop_seconds=round(stop_seconds, 2),
+    )
+
+
+def run_one(
+    workdir: Path,
+    url: str,
+    cameras: int,
+    process_hz: float,
+    warmup_s: float,
+    seconds: float,
+    interval_s: float,
+) -> tuple[Result, list[Sample]]:
+    http_port = free_port()
+    config = daemon_config(workdir, url, cameras, process_hz, http_port)
+    daemon = DaemonProcess(config, http_port, workdir / f"daemon-{cameras}.log")
+    try:
+        daemon.wait_connected(cameras)
+        time.sleep(warmup_s)
+        samples = [daemon.sample()]
+        deadline = samples[0].t + seconds
+        while time.monotonic() < deadline:
+            time.sleep(interval_s)
+            samples.append(daemon.sample())
+    finally:
+        stop_seconds = daemon.stop()
+    return summarise(cameras, samples, process_hz, stop_seconds), samples
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cameras", type=int, nargs="+", default=[4, 8, 12])
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured window per camera count")
+    parser.add_argument("--warmup", type=float, default=15.0)
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between samples")
+    parser.add_argument("--process-hz", type=float, default=5.0)
+    parser.add_argument("--fps", type=int, default=25, help="the cameras' frame rate")
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--clip", type=Path, help="a video to serve instead of the generated face clip")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    problem = system_gstreamer_problem()
+    if problem:
+        print(f"benchmark_daemon: {problem}", file=sys.stderr)
+        return 2
+    width, height = (int(value) for value in args.size.split("x"))
+    total = sum(args.warmup + args.seconds + 30 for _ in args.cameras) + 60
+    with tempfile.TemporaryDirectory(prefix="benchmark-daemon-") as temporary:
+        workdir = Path(temporary)
+        clip = make_clip(workdir, (width, height), args.fps, total, args.clip)
+        server = RtspServerProcess(video=clip, mounts=("cam",)).start()
+        results = []
+        try:
+            for cameras in args.cameras:
+                print(
+                    f"{cameras} cameras: measuring {args.seconds:.0f} s after {args.warmup:.0f} s warm-up "
+                    f"(load average {load_average()})",
+                    flush=True,
+                )
+                result, _ = run_one(
+                    workdir,
+                    server.url("cam"),
+                    cameras,
+                    args.process_hz,
+                    args.warmup,
+                    args.seconds,
+                    args.interval,
+                )
+                results.append(result)
+                print("  " + json.dumps(asdict(result)), flush=True)
+        finally:
+            server.stop()
+    print()
+    print(
+        f"{'cameras':>7} {'sustained':>9} {'fps min':>7} {'cls/s min':>9} {'lag 1st/2nd half s':>18} {'lag max s':>9} "
+        f"{'cores':>5} {'cores/cam':>9} {'RSS MiB':>13} {'infer ms':>8}"
+    )
+    for r in results:
+        print(
+            f"{r.cameras:>7} {str(r.sustained):>9} {r.processed_fps_min:>7.2f} {r.classified_per_camera_s_min:>9.2f} "
+            f"{r.lag_first_half_s:>8.3f}/{r.lag_second_half_s:<9.3f} {r.lag_max_s:>9.3f} {r.cpu_cores:>5.2f} "
+            f"{r.cpu_cores_per_camera:>9.3f} {r.rss_start_mib:>6.0f}->{r.rss_end_mib:<6.0f} {r.inference_mean_ms:>8.1f}"
+        )
+    sustained = [r.cameras for r in results if r.sustained]
+    print(
+        f"most cameras sustained: {max(sustained) if sustained else 0} (of {', '.join(map(str, args.cameras))}); "
+        f"{os.cpu_count()} CPUs, load average now {load_average()}"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps({"results": [asdict(r) for r in results], "cpus": os.cpu_count()}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
