@@ -26,6 +26,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.exposition import generate_latest
@@ -125,6 +126,8 @@ class DaemonMetrics:
             registry=self.registry,
         )
         self.registry.register(_CameraCollector(camera_status))
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds: the soak's figures, live.
+        ProcessCollector(registry=self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -66,6 +66,7 @@ def test_metrics_cover_cameras_latency_faces_verdicts_and_events():
     assert values[("stream_detector_camera_reconnects_total", yard)] == 2
     assert values[("stream_detector_camera_failed_opens_total", yard)] == 7
     assert not any(name.endswith("_created") for name, _ in values)
+    assert values[("process_resident_memory_bytes", ())] > 10e6
     assert values[("stream_detector_camera_dropped_frames_total", door)] == 40
     assert values[("stream_detector_camera_last_frame_age_seconds", door)] == pytest.approx(0.05)
     assert ("stream_detector_camera_last_frame_age_seconds", yard) not in values  # never had a frame

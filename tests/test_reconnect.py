@@ -1,9 +1,11 @@
 import contextlib
+import gc
 import random
 import signal
 import socket
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -109,6 +111,24 @@ def test_a_lost_camera_is_reopened_and_the_reconnect_counted():
     finally:
         camera.close()
     assert camera.status().state == CameraState.STOPPED
+
+
+def test_a_dropped_connection_is_freed_at_once_not_by_a_later_garbage_collection():
+    # The capture thread's exception, kept by its reader, must not hold the source (and its decoder
+    # buffers) in a reference cycle: a camera reconnecting all day would grow the heap until a full GC.
+    opener = Opener([5, 10_000])
+    gc.disable()
+    try:
+        camera = ReconnectingCamera("cam", opener, FAST).start()
+        try:
+            assert wait_until(lambda: camera.status().reconnects == 1)
+            first = weakref.ref(opener.sources[0])
+            del opener.sources[0]
+            assert wait_until(lambda: first() is None, timeout=3)
+        finally:
+            camera.close()
+    finally:
+        gc.enable()
 
 
 def test_a_camera_that_never_opens_keeps_retrying_with_growing_delays():
