@@ -115,40 +115,49 @@ def main() -> int:
             server.stop()
         events_file = workdir / "events" / "events.jsonl"
         events = len(events_file.read_text().splitlines()) if events_file.exists() else 0
-    measured = [row for row in rows if row["minute"] >= args.warmup_minutes]
+    summary = summarise(rows, args.warmup_minutes)
+    summary.update(
+        cameras=args.cameras,
+        server_restarts=flaps,
+        events_lines=events,
+        stop_seconds=round(stop_seconds, 2),
+        load_average_end=load_average(),
+    )
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "samples": rows}, indent=1))
+    return 0
+
+
+def summarise(rows: list[dict], warmup_minutes: float) -> dict:
+    """RSS growth from the first measured minute to the last (medians, so that one sample taken while
+    the cameras were between connections does not decide it), its slope, and the lag's trend."""
+    measured = [row for row in rows if row["minute"] >= warmup_minutes]
     warm, last = measured[0], measured[-1]
-    growth = 100.0 * (last["rss_mib"] - warm["rss_mib"]) / warm["rss_mib"]
-    summary = {
-        "cameras": args.cameras,
+    first_minute = [row["rss_mib"] for row in measured if row["minute"] <= warm["minute"] + 1.0]
+    last_minute = [row["rss_mib"] for row in measured if row["minute"] >= last["minute"] - 1.0]
+    rss_warm, rss_end = statistics.median(first_minute), statistics.median(last_minute)
+    growth = 100.0 * (rss_end - rss_warm) / rss_warm
+    half = len(measured) // 2
+    return {
         "minutes_measured": round(last["minute"] - warm["minute"], 1),
-        "rss_warm_mib": warm["rss_mib"],
-        "rss_end_mib": last["rss_mib"],
+        "rss_warm_mib": rss_warm,
+        "rss_end_mib": rss_end,
+        "rss_min_mib": min(row["rss_mib"] for row in measured),
         "rss_max_mib": max(row["rss_mib"] for row in measured),
         "rss_growth_percent": round(growth, 2),
         "rss_slope_mib_per_min": round(
             slope_per_minute([r["minute"] * 60 for r in measured], [r["rss_mib"] for r in measured]), 3
         ),
-        "lag_first_half_s": round(
-            statistics.mean(r["lag_mean_s"] for r in measured[: len(measured) // 2]), 3
-        ),
-        "lag_second_half_s": round(
-            statistics.mean(r["lag_mean_s"] for r in measured[len(measured) // 2 :]), 3
-        ),
+        "lag_first_half_s": round(statistics.mean(r["lag_mean_s"] for r in measured[:half]), 3),
+        "lag_second_half_s": round(statistics.mean(r["lag_mean_s"] for r in measured[half:]), 3),
         "cpu_cores": round(
             (last["cpu_s"] - warm["cpu_s"]) / ((last["minute"] - warm["minute"]) * 60 or 1), 2
         ),
-        "server_restarts": flaps,
         "reconnects": last["reconnects"],
         "frames_processed": last["processed"],
-        "events_lines": events,
-        "stop_seconds": round(stop_seconds, 2),
-        "load_average_end": load_average(),
         "target_met": growth <= 5.0,
     }
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "samples": rows}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
