@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -123,7 +124,7 @@ def degrade(crop, condition, size: int):
 
 def load_folder(path: Path, arguments, keep: set[str] | None):
     """All faces under path (every real/fake folder inside it), optionally restricted to some files."""
-    from stream_detector.dataset import find_class_folders, load_face_set
+    from stream_detector.dataset import find_class_folders, in_file_list, load_face_set
     from stream_detector.reference import whole_image
 
     sets = []
@@ -132,18 +133,9 @@ def load_folder(path: Path, arguments, keep: set[str] | None):
             folder, no_face=arguments.no_face, cache_dir=arguments.cache, progress=not arguments.no_progress
         )
         if keep is not None:
-            faces = faces.subset(
-                [i for i, file in enumerate(faces.files) if str(Path(file).resolve()) in keep]
-            )
+            faces = faces.subset([i for i, file in enumerate(faces.files) if in_file_list(file, keep)])
         if arguments.preprocess == "whole":
-            faces = faces.__class__(
-                faces.name,
-                [whole_image(f, 224) for f in faces.files],
-                faces.labels,
-                faces.files,
-                faces.groups,
-                faces.no_face,
-            )
+            faces = replace(faces, crops=[whole_image(file, 224) for file in faces.files])
         sets.append(faces)
     return sets
 
@@ -162,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if not record_path.is_file():
             raise StreamDetectorError(f"--split needs the training record: {record_path} not found")
         record = json.loads(record_path.read_text())
-        keep = {
-            str(Path(file).resolve())
-            for files in record["splits"][arguments.split].values()
-            for file in files
-        }
+        keep = {file for files in record["splits"][arguments.split].values() for file in files}
     predictor = Predictor(arguments.model)
     conditions = CONDITIONS if arguments.robustness else {"clean": None}
     report: dict = {
