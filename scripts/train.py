@@ -37,9 +37,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "model", help="where the model files go")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="face-crop cache folder")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--low-size", type=int, default=128, help="resolution of the cheap early epochs")
-    parser.add_argument("--low-epochs", type=int, default=12)
-    parser.add_argument("--high-epochs", type=int, default=2, help="final epochs at 224")
+    parser.add_argument("--low-size", type=int, default=112, help="input size of the cheap early epochs")
+    parser.add_argument("--low-epochs", type=int, default=10)
+    parser.add_argument(
+        "--low-mode",
+        choices=["patch", "resize"],
+        default="resize",
+        help="early epochs on the crop resized down (resize: the shipped model's recipe) or on random "
+        "windows of the 224 crop at production pixel scale (patch: better at equal epochs in a short trial)",
+    )
+    parser.add_argument("--high-epochs", type=int, default=1, help="final epochs at 224")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument(
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             high_size=128,
             learning_rate=1e-5,
             warmup_steps=0,
+            patches=False,
         )
         model = build_model(input_size=128, initializer="glorot_uniform", unit_scale=True)
         batches = AugmentedBatches(list(splits.train.values()), arguments.batch_size, arguments.seed)
@@ -150,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.low_size,
             arguments.high_epochs,
             learning_rate=arguments.learning_rate,
+            patches=arguments.low_mode == "patch",
         )
         model = build_model(input_size=None)
         batches = AugmentedBatches(list(splits.train.values()), arguments.batch_size, arguments.seed)
@@ -215,8 +224,8 @@ class _NoAugmentation:
     def __len__(self) -> int:
         return len(self._inner)
 
-    def epoch(self, size: int):
-        return self._inner.epoch(size, augmented=False)
+    def epoch(self, size: int, patches: bool = False):
+        return self._inner.epoch(size, augmented=False, patches=patches)
 
 
 if __name__ == "__main__":
