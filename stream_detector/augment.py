@@ -19,7 +19,7 @@ def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZ
     image = crop_rgb
     if rng.random() < 0.9:
         image = jpeg(image, int(rng.integers(30, 96)))
-    if rng.random() < 0.3:
+    if rng.random() < 0.2:
         # A face seen from further away: lose resolution, then come back up.
         factor = rng.uniform(0.35, 0.9)
         small = max(16, int(image.shape[0] * factor))
@@ -44,7 +44,7 @@ def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZ
         image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     if rng.random() < 0.5:
         image = image[:, ::-1]
-    if rng.random() < 0.5:
+    if rng.random() < 0.3:
         image = jpeg(np.ascontiguousarray(image), int(rng.integers(40, 96)))
     return np.ascontiguousarray(image)
 
