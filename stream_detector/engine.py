@@ -75,6 +75,21 @@ class EngineSettings:
             raise ValueError(f"detector_range must be 'full' or 'short', got {self.detector_range!r}")
 
 
+def settings_from_arguments(arguments) -> EngineSettings:
+    """EngineSettings from the options the webcam and scan commands share; a bad value is one line."""
+    from stream_detector.errors import StreamDetectorError
+
+    try:
+        return EngineSettings(
+            detector_range=arguments.detector_range,
+            min_face_size=arguments.min_face_size,
+            classify_hz=arguments.classify_hz,
+            backend=arguments.backend,
+        )
+    except ValueError as error:
+        raise StreamDetectorError(str(error)) from None
+
+
 @dataclass(frozen=True)
 class FrameResult:
     """What the engine made of one frame.

@@ -142,18 +142,10 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else None
     if output is not None and not output.parent.exists():
         raise StreamDetectorError(f"--output folder does not exist: {output.parent}")
-    from stream_detector.engine import EngineSettings
+    from stream_detector.engine import settings_from_arguments
     from stream_detector.sources import IMAGE_SUFFIXES
 
-    try:
-        settings = EngineSettings(
-            detector_range=args.detector_range,
-            min_face_size=args.min_face_size,
-            classify_hz=args.classify_hz,
-            backend=args.backend,
-        )
-    except ValueError as error:
-        raise StreamDetectorError(str(error)) from None
+    settings = settings_from_arguments(args)
 
     if path.is_dir():
         report = scan_folder(path, settings)

@@ -127,22 +127,12 @@ def run(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from stream_detector.engine import EngineSettings, PerformanceMeter, build_engine, monotonic_ms
+    from stream_detector.engine import PerformanceMeter, build_engine, monotonic_ms, settings_from_arguments
     from stream_detector.overlay import draw
     from stream_detector.sources import LatestFrameReader
 
     try:
-        settings = EngineSettings(
-            detector_range=args.detector_range,
-            min_face_size=args.min_face_size,
-            classify_hz=args.classify_hz,
-            backend=args.backend,
-        )
-    except ValueError as error:
-        source.close()
-        raise StreamDetectorError(str(error)) from None
-    try:
-        engine = build_engine(settings)
+        engine = build_engine(settings_from_arguments(args))
         engine.prepare(getattr(source, "source_id", "0"))
     except BaseException:
         source.close()
