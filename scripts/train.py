@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             patches=False,
         )
         model = build_model(input_size=128, initializer="glorot_uniform", unit_scale=True)
-        batches = AugmentedBatches(list(splits.train.values()), arguments.batch_size, arguments.seed)
-        result = train(
-            model, _NoAugmentation(batches), splits.validation, schedule, progress=not arguments.no_progress
+        batches = AugmentedBatches(
+            list(splits.train.values()), arguments.batch_size, arguments.seed, augmented=False
         )
+        result = train(model, batches, splits.validation, schedule, progress=not arguments.no_progress)
     else:
         schedule = Schedule(
             arguments.low_epochs,
@@ -212,20 +212,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{minutes:.1f} minutes in all"
     )
     return 0
-
-
-class _NoAugmentation:
-    """The reference recipe fed images as they are, only resized."""
-
-    def __init__(self, batches) -> None:
-        self._inner = batches
-        self._batch_size = batches._batch_size
-
-    def __len__(self) -> int:
-        return len(self._inner)
-
-    def epoch(self, size: int, patches: bool = False):
-        return self._inner.epoch(size, augmented=False, patches=patches)
 
 
 if __name__ == "__main__":

@@ -48,23 +48,29 @@ def plain_batch(faces: FaceSet, size: int) -> np.ndarray:
 class AugmentedBatches:
     """An endless stream of shuffled, augmented, class-mixed batches from several sources."""
 
-    def __init__(self, sources: list[FaceSet], batch_size: int, seed: int) -> None:
+    def __init__(self, sources: list[FaceSet], batch_size: int, seed: int, augmented: bool = True) -> None:
+        """``augmented=False`` feeds the crops as they are, only resized (the reference recipe)."""
         self._crops = [crop for faces in sources for crop in faces.crops]
         self._labels = np.concatenate([faces.labels for faces in sources]).astype(np.float32)
-        self._batch_size = batch_size
+        self.batch_size = batch_size
+        self._augmented = augmented
         self._rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self._labels)
 
-    def epoch(self, size: int, augmented: bool = True, patches: bool = False):
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self._labels) // self.batch_size
+
+    def epoch(self, size: int, patches: bool = False):
         """One pass in random order. ``patches``: random size x size windows of the 224 px crop, so the
         convolutions learn at the pixel scale they will see in production, for a fraction of the cost."""
         order = self._rng.permutation(len(self._labels))
         full = CROP_SIZE if patches else size
-        for start in range(0, len(order) - self._batch_size + 1, self._batch_size):
-            chosen = order[start : start + self._batch_size]
-            if augmented:
+        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            chosen = order[start : start + self.batch_size]
+            if self._augmented:
                 images = [augment(self._crops[i], self._rng, full) for i in chosen]
             else:
                 images = [resize_crop(self._crops[i], full) for i in chosen]
@@ -125,7 +131,7 @@ def train(
 
     optimizer = keras.optimizers.Adam(schedule.learning_rate)
     model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(label_smoothing=0.02))
-    steps_per_epoch = len(batches) // batches._batch_size
+    steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * len(schedule.sizes())
     step, best, history, started = 0, None, [], time.time()
     sample_rng = np.random.default_rng(0)
@@ -154,10 +160,9 @@ def train(
             step += 1
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        final = epoch == len(schedule.sizes())
         # Early epochs are checked on a fixed sample (a full 224 px pass costs about a minute on
-        # 2 cores); the last epochs, which the checkpoint is chosen among, on the whole split.
-        checked = validation if final or epoch > len(schedule.sizes()) - 3 else sampled
+        # 2 cores); the last three epochs, which the checkpoint is chosen among, on the whole split.
+        checked = validation if epoch > len(schedule.sizes()) - 3 else sampled
         report = validation_score(predict, checked, schedule.high_size)
         entry = {
             "epoch": epoch,

@@ -119,13 +119,3 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 30.
         writer.write(frame)
     writer.release()
     return path
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    intersection = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
-    return intersection / union

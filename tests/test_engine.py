@@ -12,8 +12,9 @@ from stream_detector.engine import (
     crop_sharpness,
 )
 from stream_detector.smoothing import SmootherSettings
+from stream_detector.tracking import box_iou
 from stream_detector.types import Classifier, FaceDetector, Faces, Frame, VerdictState
-from tests.media import Placement, box_iou, compose, head_patch, moving_face_frames
+from tests.media import Placement, compose, head_patch, moving_face_frames
 
 
 class ScriptedDetector:
