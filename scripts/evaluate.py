@@ -90,9 +90,8 @@ class Predictor:
             from stream_detector.classifier import KerasClassifier
             from stream_detector.model import load_keras_model
 
-            model = load_keras_model(path)
-            self.size = int(model.input_shape[1])
-            self._classifier = KerasClassifier(model=model)
+            self._classifier = KerasClassifier(model=load_keras_model(path))
+            self.size = self._classifier.size
 
     def __call__(self, images):
         import numpy as np
@@ -100,10 +99,7 @@ class Predictor:
         outputs = []
         for start in range(0, len(images), 32):
             batch = images[start : start + 32]
-            if self.size == 224:
-                outputs.append(self._classifier.classify(batch))
-            else:
-                outputs.append(np.asarray(self._classifier._function(batch.astype("float32"))).reshape(-1))
+            outputs.append(self._classifier.classify(batch))
         return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
 
 

@@ -21,10 +21,10 @@ BACKENDS = ("int8", "fp32", "keras")
 DEFAULT_BACKEND = "int8"
 
 
-def _check_crops(crops: np.ndarray) -> np.ndarray:
+def _check_crops(crops: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     crops = np.asarray(crops)
-    if crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
-        raise ValueError(f"crops must be (N, {CROP_SIZE}, {CROP_SIZE}, 3), got {crops.shape}")
+    if crops.ndim != 4 or crops.shape[1:] != (size, size, 3):
+        raise ValueError(f"crops must be (N, {size}, {size}, 3), got {crops.shape}")
     return crops
 
 
@@ -73,9 +73,12 @@ class KerasClassifier:
         self._model = model if model is not None else load_keras_model(path)
         self._function = tf.function(lambda batch: self._model(batch, training=False), reduce_retracing=True)
         self.name = "keras"
+        # The shipped model takes 224 px crops; a model trained for another input size (the reference
+        # recipe's 128 px, for evaluation) takes crops of its own size.
+        self.size = int(self._model.input_shape[1] or CROP_SIZE)
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
-        crops = _check_crops(crops)
+        crops = _check_crops(crops, self.size)
         if len(crops) == 0:
             return np.zeros((0,), np.float32)
         return np.asarray(self._function(crops.astype(np.float32))).reshape(-1).astype(np.float32)

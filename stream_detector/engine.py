@@ -39,6 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -213,6 +214,7 @@ class Engine:
         self._clock = clock
         self._sources: dict[str, _SourceState] = {}
         self._lock = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None
         self.classified_total = 0
 
     @property
@@ -243,7 +245,18 @@ class Engine:
         return results
 
     def _process_distinct(self, frames: Sequence[Frame]) -> list[FrameResult]:
-        pending = [self._detect_and_crop(frame) for frame in frames]
+        states = [self._state(frame.source_id) for frame in frames]
+        if len(frames) > 1 and self.settings.threads > 1:
+            # Each source's detector runs its C++ graph on its own thread without the GIL, and each
+            # source's tracker is its own: frames of distinct sources are detected and cropped side
+            # by side, so a batch of several cameras uses every core instead of one.
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="engine-detect")
+            pending = list(self._pool.map(self._detect_and_crop, frames, states))
+        else:
+            pending = [
+                self._detect_and_crop(frame, state) for frame, state in zip(frames, states, strict=True)
+            ]
         crops = [crop for item in pending for crop in item[1]]
         started = time.perf_counter()
         scores = (
@@ -277,9 +290,8 @@ class Engine:
             self._sources[source_id] = state
         return state
 
-    def _detect_and_crop(self, frame: Frame) -> tuple[_Pending, list[np.ndarray]]:
+    def _detect_and_crop(self, frame: Frame, state: _SourceState) -> tuple[_Pending, list[np.ndarray]]:
         settings = self.settings
-        state = self._state(frame.source_id)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         detections = state.detector.detect(frame)
@@ -363,6 +375,9 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             states, self._sources = list(self._sources.values()), {}
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         for state in states:
             _close(state.detector)
         _close(self.classifier)

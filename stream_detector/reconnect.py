@@ -36,7 +36,7 @@ import numpy as np
 
 from stream_detector.config import ReconnectConfig, mask
 from stream_detector.errors import SourceError
-from stream_detector.sources import LatestFrameReader
+from stream_detector.sources import LatestFrameReader, forget_traceback
 from stream_detector.types import Frame, FrameSource
 
 log = logging.getLogger(__name__)
@@ -141,25 +141,6 @@ class StreamSource:
         # Closing a broken connection may fail; there is nothing left to release then.
         with contextlib.suppress(Exception):
             self._container.close()
-
-
-def forget_traceback(error: BaseException) -> None:
-    """Drop the frames an exception (and those chained to it) holds.
-
-    A capture thread's exception is kept by its reader and its traceback holds the reader's own frame:
-    a reference cycle through the decoder (megabytes of buffers per camera) that only Python's full,
-    rare garbage collection would free. A camera that reconnects every few minutes would look like a
-    leak (measured: +60-80 MiB of RSS per restart of the server of 8 cameras, for many minutes).
-    """
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        item = pending.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        item.__traceback__ = None
-        pending += [item.__context__, item.__cause__]
 
 
 class CameraState(enum.StrEnum):

@@ -1,3 +1,5 @@
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -99,6 +101,34 @@ def test_a_batch_of_frames_from_several_sources_makes_one_classifier_call():
     assert sorted(engine.sources()) == ["a", "b"]
     engine.close_source("a")
     assert detectors[0].closed and engine.sources() == ["b"]
+
+
+def test_frames_of_distinct_sources_are_detected_side_by_side():
+    # Both detections must be in flight at once to pass the barrier; one after the other, the
+    # first waits alone and the barrier breaks.
+    barrier = threading.Barrier(2, timeout=5.0)
+    threads = set()
+
+    def boxes_for(frame):
+        threads.add(threading.get_ident())
+        barrier.wait()
+        return [(50, 50, 150, 150)]
+
+    engine, classifier, _ = make_engine(boxes_for, EngineSettings(classify_hz=0, threads=2))
+    frames = [Frame(textured(), 0, 0.0, source_id=name) for name in ("a", "b")]
+    results = engine.process_batch(frames)
+    assert [result.frame.source_id for result in results] == ["a", "b"]
+    assert len(threads) == 2 and classifier.batches == [2]
+    engine.close()
+
+
+def test_one_thread_setting_detects_in_the_calling_thread():
+    seen = set()
+    engine, _, _ = make_engine(
+        lambda frame: seen.add(threading.get_ident()) or [], EngineSettings(classify_hz=0, threads=1)
+    )
+    engine.process_batch([Frame(textured(), 0, 0.0, source_id=name) for name in ("a", "b")])
+    assert seen == {threading.get_ident()}
 
 
 def test_two_frames_of_one_source_in_a_batch_are_processed_in_order():
