@@ -71,6 +71,7 @@ class EventsConfig:
     update_interval_s: float = 10.0
     snapshots: bool = True
     snapshot_quality: int = 85
+    camera_offline_after_s: float = 60.0  # one alert per outage this long; 0 = no camera alerts
 
     @property
     def jsonl_path(self) -> Path:
@@ -441,6 +442,7 @@ def parse_config(
         ),
         snapshots=events_table.boolean("snapshots", True),
         snapshot_quality=events_table.integer("snapshot_quality", 85, 1, 100),
+        camera_offline_after_s=events_table.number("camera_offline_after_s", 60.0, 0.0, 86400.0),
     )
     events_table.finish()
 

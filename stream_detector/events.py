@@ -10,6 +10,10 @@ Rules, per camera (one tracker each):
   flipping raises one alert, and one again after the cooldown if it is still FAKE then;
 - a track that turns FAKE while an open event's track has vanished takes that event over at once (the
   tracker lost the face and found it again under a new id): the same incident, not a second alert.
+
+``OutageMonitor`` is the same idea for a camera that goes dark: one ``camera_offline`` record once it
+has been without a connection for ``alert_after_ms``, one ``camera_online`` when it is back; a camera
+that flaps faster than that raises nothing.
 """
 
 from __future__ import annotations
@@ -165,6 +169,49 @@ class EventTracker:
         self._open.clear()
         self._fake_since.clear()
         return events
+
+
+@dataclass
+class OutageMonitor:
+    """One alert per camera outage (module docstring); pure: connection states and timestamps in."""
+
+    camera: str
+    alert_after_ms: float  # 0 turns the alerts off
+    _down_since_ms: float | None = None
+    _alerted: bool = False
+
+    def update(self, connected: bool, now_ms: float, last_error: str | None = None) -> dict | None:
+        """A ``camera_offline`` or ``camera_online`` record when one is due, else None."""
+        if self.alert_after_ms <= 0:
+            return None
+        if connected:
+            down_since, alerted = self._down_since_ms, self._alerted
+            self._down_since_ms, self._alerted = None, False
+            if alerted and down_since is not None:
+                return self._record("camera_online", outage_s=round((now_ms - down_since) / 1000.0, 1))
+            return None
+        if self._down_since_ms is None:
+            self._down_since_ms = now_ms
+        if not self._alerted and now_ms - self._down_since_ms >= self.alert_after_ms:
+            self._alerted = True
+            return self._record(
+                "camera_offline",
+                offline_for_s=round((now_ms - self._down_since_ms) / 1000.0, 1),
+                last_error=last_error,
+            )
+        return None
+
+    @property
+    def offline_alerted(self) -> bool:
+        return self._alerted
+
+    def _record(self, kind: str, **fields: object) -> dict:
+        return {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "camera": self.camera,
+            "kind": kind,
+            **fields,
+        }
 
 
 def event_record(event: Event, camera: str | None = None, **extra: object) -> dict[str, object]:
@@ -397,7 +444,10 @@ class EventSinks:
                 event = replace(event, snapshot=str(self.snapshots.write(image_bgr, event)))
             except OSError as error:
                 log.error("snapshot failed event_id=%s problem=%s", event.event_id, error)
-        record = event_record(event, **extra)
+        return self.emit_record(event_record(event, **extra))
+
+    def emit_record(self, record: dict[str, object]) -> dict[str, object]:
+        """A ready record (an event's, or a camera outage's) to the log, then the webhook."""
         # The log line is written (and synced) before anything slower can fail or stall.
         self.log_file.write(record)
         if self.webhook is not None:

@@ -91,7 +91,7 @@ class DaemonMetrics:
         )
         self.events = Counter(
             "stream_detector_events",
-            "Incident events written, by kind (start, update, end)",
+            "Incident events written, by kind (start, update, end; camera_offline, camera_online)",
             ["camera", "kind"],
             registry=self.registry,
         )

@@ -229,6 +229,28 @@ def test_events_open_per_camera_and_close_on_stop_while_a_dead_camera_retries(tm
         assert Path(start["snapshot"]).stat().st_size > 1000
 
 
+def test_a_camera_dead_for_longer_than_the_threshold_raises_one_offline_alert(tmp_path):
+    engine = StubEngine()
+    config = stub_config(tmp_path, cameras=("door", "dead"), camera_offline_after_s=0.5)
+    daemon, stop, thread = start_daemon(config, engine)
+    log_path = tmp_path / "out" / "events.jsonl"
+    try:
+        assert wait_until(lambda: any(e["kind"] == "camera_offline" for e in read_events(log_path)))
+        time.sleep(1.5)  # more checks pass: still one alert for the one outage
+        _, metrics = fetch(daemon, "/metrics")
+        assert 'stream_detector_events_total{camera="dead",kind="camera_offline"} 1.0' in metrics
+    finally:
+        stop.set()
+        thread.join(10)
+    offline = [e for e in read_events(log_path) if e["kind"] == "camera_offline"]
+    assert [e["camera"] for e in offline] == ["dead"]
+    assert (
+        offline[0]["offline_for_s"] >= 0.5
+        and offline[0]["last_error"]
+        and PASSWORD not in json.dumps(offline)
+    )
+
+
 def test_a_camera_whose_frames_break_the_engine_costs_only_its_own_frames(tmp_path):
     engine = StubEngine(fail_calls=(2,))
     daemon, stop, thread = start_daemon(stub_config(tmp_path, cameras=("door", "bad")), engine)

@@ -12,6 +12,7 @@ from stream_detector.events import (
     EventSinks,
     EventTracker,
     JsonlEventLog,
+    OutageMonitor,
     SnapshotWriter,
     WebhookPolicy,
     WebhookSender,
@@ -213,7 +214,8 @@ def test_webhook_retries_with_backoff_until_delivered():
     try:
         sender.submit({"event_id": "e1", "kind": "start"})
         deadline = time.monotonic() + 10
-        while not receiver.records and time.monotonic() < deadline:
+        # The receiver has the record a moment before the sender has read its answer and counted it.
+        while (not receiver.records or sender.stats.sent < 1) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert receiver.records == [{"body": {"event_id": "e1", "kind": "start"}, "auth": "Bearer t0k"}]
         assert receiver.attempts == 3 and sender.stats.failed_attempts == 2 and sender.stats.sent == 1
@@ -250,3 +252,34 @@ def test_a_dead_webhook_gives_up_after_its_retries():
         assert sender.stats.given_up == 1 and sender.stats.failed_attempts == 3 and sender.stats.sent == 0
     finally:
         sender.close(0.2)
+
+
+def test_one_alert_per_camera_outage_and_none_for_short_flaps():
+    monitor = OutageMonitor("door", alert_after_ms=5000)
+    records = []
+    # Flaps shorter than the threshold (2 s down, 1 s up, three times) raise nothing.
+    t = 0.0
+    for _ in range(3):
+        for _ in range(20):
+            records.append(monitor.update(False, t, "connection refused"))
+            t += 100
+        for _ in range(10):
+            records.append(monitor.update(True, t))
+            t += 100
+    assert [record for record in records if record] == []
+    # A long outage: one "camera_offline" after 5 s, nothing more while it lasts, one "camera_online".
+    for _ in range(300):
+        records.append(monitor.update(False, t, "connection refused"))
+        t += 100
+    records.append(monitor.update(True, t))
+    alerts = [record for record in records if record]
+    assert [record["kind"] for record in alerts] == ["camera_offline", "camera_online"]
+    assert alerts[0]["camera"] == "door" and alerts[0]["offline_for_s"] == 5.0
+    assert alerts[0]["last_error"] == "connection refused"
+    assert alerts[1]["outage_s"] == 30.0
+    assert monitor.update(True, t + 100) is None
+
+
+def test_outage_alerts_can_be_turned_off():
+    monitor = OutageMonitor("door", alert_after_ms=0)
+    assert all(monitor.update(False, float(t)) is None for t in range(0, 100_000, 1000))

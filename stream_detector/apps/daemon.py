@@ -32,6 +32,7 @@ from stream_detector.events import (
     EventSinks,
     EventTracker,
     JsonlEventLog,
+    OutageMonitor,
     SnapshotWriter,
     WebhookPolicy,
     WebhookSender,
@@ -57,6 +58,8 @@ IDLE_TICK_S = 1.0
 # Shutdown budget for the camera threads, all joined together.
 CAMERA_STOP_S = 3.0
 WEBHOOK_DRAIN_S = 2.0
+# How often the cameras' connection states are looked at for outage alerts.
+OUTAGE_CHECK_S = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,6 +188,7 @@ class _CameraRun:
     config: CameraConfig
     camera: ReconnectingCamera
     events: EventTracker
+    outage: OutageMonitor
     period_s: float
     next_due: float = 0.0
     frames_processed: int = 0
@@ -233,6 +237,7 @@ class Daemon:
                     config=camera_config,
                     camera=camera,
                     events=EventTracker(camera_config.name, self.policy),
+                    outage=OutageMonitor(camera_config.name, config.events.camera_offline_after_s * 1000),
                     period_s=1.0 / camera_config.process_hz,
                 )
             )
@@ -331,12 +336,15 @@ class Daemon:
             log_file.path,
         )
         self.ready.set()
-        last_trim = time.monotonic()
+        last_trim = last_outage_check = time.monotonic()
         try:
             while not external.is_set():
                 self._heartbeat = time.monotonic()
                 if not self._step():
                     external.wait(0.005)
+                if self._heartbeat - last_outage_check >= OUTAGE_CHECK_S:
+                    last_outage_check = self._heartbeat
+                    self._check_outages(self._heartbeat)
                 if self._heartbeat - last_trim >= TRIM_EVERY_S:
                     last_trim = self._heartbeat
                     release_free_memory()
@@ -424,6 +432,32 @@ class Daemon:
                 for event in run.events.update((), now_ms):
                     self._emit(run, event, run.last_result)
                 self.metrics.open_events.labels(run.config.name).set(run.events.open_events)
+
+    def _check_outages(self, now: float) -> None:
+        assert self.sinks is not None
+        for run in self.runs:
+            status = run.camera.status()
+            record = run.outage.update(status.connected, now * 1000.0, status.last_error)
+            if record is None:
+                continue
+            try:
+                self.sinks.emit_record(record)
+            except OSError as error:
+                log.error(
+                    "event write failed camera=%s kind=%s problem=%s", run.config.name, record["kind"], error
+                )
+                continue
+            self.metrics.events.labels(run.config.name, str(record["kind"])).inc()
+            log.warning(
+                "event kind=%s camera=%s%s",
+                record["kind"],
+                run.config.name,
+                "".join(
+                    f" {key}={value}"
+                    for key, value in record.items()
+                    if key not in ("time", "camera", "kind")
+                ),
+            )
 
     def _emit(self, run: _CameraRun, event: Event, result: FrameResult | None, **extra: object) -> None:
         image = None
