@@ -5,6 +5,7 @@ Public API (kept stable; the daemon and the WebRTC server build on it)::
 
     settings = EngineSettings(classify_hz=15, backend="auto")
     engine = build_engine(settings)            # real MediaPipe detector + LiteRT/Keras classifier
+    engine = build_engine(settings, shared_detectors=True)   # many sources: a pool of detectors
     result = engine.process(frame)             # one frame -> FrameResult
     results = engine.process_batch(frames)     # frames of *different* sources, ONE classifier call
     engine.prepare("cam-2")                    # optional: start a source's detector before its frames
@@ -207,9 +208,12 @@ class Engine:
         classifier: Classifier,
         settings: EngineSettings | None = None,
         clock: Callable[[], float] = monotonic_ms,
+        owned: Sequence[object] = (),
     ) -> None:
+        """``owned``: resources the stages share (a detector pool), closed with the engine."""
         self.settings = settings or EngineSettings()
         self.classifier = classifier
+        self._owned = list(owned)
         self._detector_factory = detector_factory
         self._clock = clock
         self._sources: dict[str, _SourceState] = {}
@@ -380,6 +384,8 @@ class Engine:
             pool.shutdown(wait=True)
         for state in states:
             _close(state.detector)
+        for resource in self._owned:
+            _close(resource)
         _close(self.classifier)
 
     def __enter__(self) -> Engine:
@@ -395,25 +401,32 @@ def _close(stage: object) -> None:
         close()
 
 
-def build_engine(settings: EngineSettings | None = None, video: bool = True) -> Engine:
-    """An Engine on the real stages: MediaPipe BlazeFace (VIDEO mode unless ``video=False``, for
-    unrelated still images) and ``load_classifier(settings.backend)``. ModelError if a model is missing."""
+def build_engine(
+    settings: EngineSettings | None = None, video: bool = True, shared_detectors: bool = False
+) -> Engine:
+    """An Engine on the real stages: MediaPipe BlazeFace and ``load_classifier(settings.backend)``.
+    ModelError if a model is missing.
+
+    Detectors: one per source in VIDEO mode (``video=False``: IMAGE mode, for unrelated still images),
+    or, with ``shared_detectors`` (many sources: the daemon), a pool of ``settings.threads`` IMAGE-mode
+    detectors that every source borrows from (faces.DetectorPool)."""
     from stream_detector.classifier import load_classifier
-    from stream_detector.faces import MediaPipeFaceDetector
+    from stream_detector.faces import DetectorPool, MediaPipeFaceDetector, detector_model_path
 
     settings = settings or EngineSettings()
+    # Fail now, not on the first frame, if the detector model is missing.
+    detector_model_path(settings.detector_range)  # type: ignore[arg-type]
     classifier = load_classifier(settings.backend, settings.model_dir, threads=settings.threads)
 
-    def detector_factory() -> FaceDetector:
+    def make_detector(video_mode: bool) -> FaceDetector:
         return MediaPipeFaceDetector(
             model_range=settings.detector_range,  # type: ignore[arg-type]
             min_confidence=settings.min_detection_confidence,
             min_face_size=settings.min_face_size,
-            video=video,
+            video=video_mode,
         )
 
-    # Fail now, not on the first frame, if the detector model is missing.
-    from stream_detector.faces import detector_model_path
-
-    detector_model_path(settings.detector_range)  # type: ignore[arg-type]
-    return Engine(detector_factory, classifier, settings)
+    if shared_detectors:
+        pool = DetectorPool(lambda: make_detector(False), size=max(1, settings.threads))
+        return Engine(pool.handle, classifier, settings, owned=(pool,))
+    return Engine(lambda: make_detector(video), classifier, settings)

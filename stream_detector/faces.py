@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +18,7 @@ import cv2
 import numpy as np
 
 from stream_detector.errors import ModelError
-from stream_detector.types import Faces, Frame
+from stream_detector.types import FaceDetector, Faces, Frame
 
 DETECTOR_MODELS = {
     "full": (
@@ -116,3 +118,78 @@ class MediaPipeFaceDetector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DetectorPool:
+    """A few detectors shared by any number of sources, ``size`` of them at most, made on first need.
+
+    BlazeFace keeps no state between frames, so any detector can serve any source (IMAGE mode: no
+    per-source timestamp line). Eight cameras then cost two MediaPipe graphs and their threads, not
+    eight: measured at 8 cameras, less memory and less CPU per frame (README, daemon section). Two
+    detectors let two frames be detected at once (each runs on its own thread, without the GIL).
+    """
+
+    def __init__(self, factory: Callable[[], FaceDetector], size: int = 2) -> None:
+        if size < 1:
+            raise ValueError(f"a detector pool needs at least one detector, not {size}")
+        self._factory = factory
+        self._size = size
+        self._idle: queue.LifoQueue[FaceDetector] = queue.LifoQueue()
+        self._made: list[FaceDetector] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def detect(self, frame: Frame) -> Faces:
+        detector = self._borrow()
+        try:
+            return detector.detect(frame)
+        finally:
+            self._idle.put(detector)
+
+    def _borrow(self) -> FaceDetector:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("detector pool is closed")
+            if len(self._made) < self._size:
+                self._made.append(self._factory())
+                return self._made[-1]
+        return self._idle.get()
+
+    @property
+    def detectors_made(self) -> int:
+        return len(self._made)
+
+    def handle(self) -> PooledDetector:
+        """A source's view of the pool: closing it leaves the pool to its other sources. The first
+        handle makes the first detector (seconds), so ``Engine.prepare`` still warms MediaPipe up."""
+        with self._lock:
+            if not self._made and not self._closed:
+                self._made.append(self._factory())
+                self._idle.put(self._made[-1])
+        return PooledDetector(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            made, self._made = self._made, []
+        for detector in made:
+            close = getattr(detector, "close", None)
+            if callable(close):
+                close()
+
+
+class PooledDetector:
+    """One source's FaceDetector on a shared DetectorPool."""
+
+    def __init__(self, pool: DetectorPool) -> None:
+        self._pool = pool
+
+    def detect(self, frame: Frame) -> Faces:
+        return self._pool.detect(frame)
+
+    def close(self) -> None:
+        """Nothing of the source's own to release; the pool closes with its engine."""

@@ -13,6 +13,7 @@ from stream_detector.engine import (
     build_engine,
     crop_sharpness,
 )
+from stream_detector.faces import DetectorPool
 from stream_detector.smoothing import SmootherSettings
 from stream_detector.tracking import box_iou
 from stream_detector.types import Classifier, FaceDetector, Faces, Frame, VerdictState
@@ -129,6 +130,42 @@ def test_one_thread_setting_detects_in_the_calling_thread():
     )
     engine.process_batch([Frame(textured(), 0, 0.0, source_id=name) for name in ("a", "b")])
     assert seen == {threading.get_ident()}
+
+
+def test_a_detector_pool_serves_many_sources_with_at_most_its_size_of_detectors():
+    made = []
+    in_use = []
+    peak = [0]
+    lock = threading.Lock()
+
+    class SlowDetector(ScriptedDetector):
+        def detect(self, frame):
+            with lock:
+                in_use.append(self)
+                peak[0] = max(peak[0], len(in_use))
+            try:
+                threading.Event().wait(0.02)
+                return super().detect(frame)
+            finally:
+                with lock:
+                    in_use.remove(self)
+
+    def factory():
+        made.append(SlowDetector(lambda frame: [(50, 50, 150, 150)]))
+        return made[-1]
+
+    pool = DetectorPool(factory, size=2)
+    engine = Engine(
+        pool.handle, RecordingClassifier(), EngineSettings(classify_hz=0, threads=2), owned=(pool,)
+    )
+    for index in range(3):
+        frames = [Frame(textured(), index, index * 100.0, source_id=f"cam{n}") for n in range(6)]
+        assert all(len(result.faces) == 1 for result in engine.process_batch(frames))
+    assert len(made) == 2 and peak[0] == 2 and len(engine.sources()) == 6
+    engine.close_source("cam0")  # a source leaving closes nothing that others use
+    assert not any(detector.closed for detector in made)
+    engine.close()
+    assert all(detector.closed for detector in made)
 
 
 def test_two_frames_of_one_source_in_a_batch_are_processed_in_order():
@@ -274,3 +311,23 @@ def test_real_stages_keep_ids_of_two_real_faces_crossing(astronaut_bgr):
                     identities[name].add(verdict.id)
     assert len(identities["left"]) == 1 and len(identities["right"]) == 1
     assert identities["left"] != identities["right"]
+
+
+@pytest.mark.slow
+def test_shared_image_mode_detectors_find_the_same_faces_as_per_source_video_ones(astronaut_bgr):
+    # BlazeFace keeps nothing between frames: a pool in IMAGE mode must see what VIDEO mode sees.
+    frames, _ = moving_face_frames(astronaut_bgr, count=12)
+    boxes = {}
+    for shared in (False, True):
+        with build_engine(EngineSettings(classify_hz=0), shared_detectors=shared) as engine:
+            results = [
+                engine.process_batch(
+                    [Frame(image, index, index * 33.3, source_id=name) for name in ("a", "b")]
+                )
+                for index, image in enumerate(frames)
+            ]
+        boxes[shared] = [[face.box for result in batch for face in result.faces] for batch in results]
+    assert sum(len(found) for found in boxes[False]) >= 20
+    for video_boxes, image_boxes in zip(boxes[False], boxes[True], strict=True):
+        assert len(video_boxes) == len(image_boxes)
+        assert all(box_iou(a, b) > 0.98 for a, b in zip(video_boxes, image_boxes, strict=True))

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     # From here on every line on stderr is a structured, masked record, native libraries' included.
     native = NativeStderr().start()
     try:
-        engine = build_engine(config.engine)  # ModelError: one line, exit 2
+        # Many cameras share a pool of detectors (faces.DetectorPool) instead of one MediaPipe graph each.
+        engine = build_engine(config.engine, shared_detectors=True)  # ModelError: one line, exit 2
         daemon = Daemon(config, engine)
         with StopSignals() as stop:
             return daemon.run(stop)

@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     engine_settings = EngineSettings(
         classify_hz=args.classify_hz, backend=args.backend, detector_range=args.detector_range
     )
-    engine = build_engine(engine_settings)
+    # Peers come and go: a shared pool of detectors makes a new peer's first frame as fast as any.
+    engine = build_engine(engine_settings, shared_detectors=True)
     # MediaPipe and the classifier start in seconds; pay that now, not on the first caller's frames.
     engine.prepare("warm-up")
     engine.close_source("warm-up")
