@@ -44,9 +44,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         choices=["patch", "resize"],
         default="resize",
         help="early epochs on the crop resized down (resize: the shipped model's recipe) or on random "
-        "windows of the 224 crop at production pixel scale (patch: better at equal epochs in a short trial)",
+        "windows of the 224 crop at the pixel scale of production (patch: higher AUC, but see the "
+        "model card on JPEG robustness)",
     )
     parser.add_argument("--high-epochs", type=int, default=1, help="final epochs at 224")
+    parser.add_argument(
+        "--equalise-compression",
+        action="store_true",
+        help="give lossless (PNG) training images the JPEG history of the other class first (see "
+        "stream_detector/augment.py; not in the shipped model's recipe)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument(
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from stream_detector.dataset import load_face_set
+    from stream_detector.dataset import load_face_set, relative_name
     from stream_detector.model import KERAS_FILE, build_model, fit_platt_scaling, fold_platt_scaling
     from stream_detector.training import AugmentedBatches, Schedule, plain_batch, split_sources, train
 
@@ -161,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             patches=arguments.low_mode == "patch",
         )
         model = build_model(input_size=None)
-        batches = AugmentedBatches(list(splits.train.values()), arguments.batch_size, arguments.seed)
+        batches = AugmentedBatches(
+            list(splits.train.values()),
+            arguments.batch_size,
+            arguments.seed,
+            equalise_compression=arguments.equalise_compression,
+        )
         result = train(model, batches, splits.validation, schedule, progress=not arguments.no_progress)
 
     size = schedule.high_size
@@ -194,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": calibration,
         "total_minutes": minutes,
         **result,
+        # Names relative to their data root: the record stays valid wherever the data is mounted.
         "splits": {
-            part: {name: faces.files for name, faces in getattr(splits, part).items()}
+            part: {
+                name: [relative_name(file, root_of(file)) for file in faces.files]
+                for name, faces in getattr(splits, part).items()
+            }
             for part in ("train", "validation", "test")
         },
     }

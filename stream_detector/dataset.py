@@ -240,6 +240,16 @@ def resize_crop(crop_rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     return cv2.resize(crop_rgb, (size, size), interpolation=interpolation)
 
 
+def is_lossless_file(path: str | Path) -> bool:
+    """Whether an image file holds something other than JPEG (PNG and the like), by its content: in
+    ffhq-tpdne some files named .jpg hold PNG."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(3) != b"\xff\xd8\xff"
+    except OSError:
+        return False
+
+
 def jpeg(image_rgb: np.ndarray, quality: int) -> np.ndarray:
     ok, encoded = cv2.imencode(
         ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]

@@ -14,7 +14,7 @@ import numpy as np
 
 from stream_detector.augment import augment
 from stream_detector.crops import CROP_SIZE
-from stream_detector.dataset import FaceSet, resize_crop, split_by_group
+from stream_detector.dataset import FaceSet, is_lossless_file, resize_crop, split_by_group
 from stream_detector.metrics import binary_metrics
 
 SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
@@ -48,9 +48,20 @@ def plain_batch(faces: FaceSet, size: int) -> np.ndarray:
 class AugmentedBatches:
     """An endless stream of shuffled, augmented, class-mixed batches from several sources."""
 
-    def __init__(self, sources: list[FaceSet], batch_size: int, seed: int, augmented: bool = True) -> None:
-        """``augmented=False`` feeds the crops as they are, only resized (the reference recipe)."""
+    def __init__(
+        self,
+        sources: list[FaceSet],
+        batch_size: int,
+        seed: int,
+        augmented: bool = True,
+        equalise_compression: bool = False,
+    ) -> None:
+        """``augmented=False`` feeds the crops as they are, only resized (the reference recipe);
+        ``equalise_compression``: lossless files first get a JPEG history (augment.augment)."""
         self._crops = [crop for faces in sources for crop in faces.crops]
+        self._lossless = [
+            equalise_compression and is_lossless_file(file) for faces in sources for file in faces.files
+        ]
         self._labels = np.concatenate([faces.labels for faces in sources]).astype(np.float32)
         self.batch_size = batch_size
         self._augmented = augmented
@@ -71,7 +82,7 @@ class AugmentedBatches:
         for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
             chosen = order[start : start + self.batch_size]
             if self._augmented:
-                images = [augment(self._crops[i], self._rng, full) for i in chosen]
+                images = [augment(self._crops[i], self._rng, full, self._lossless[i]) for i in chosen]
             else:
                 images = [resize_crop(self._crops[i], full) for i in chosen]
             if patches and size < full:

@@ -97,3 +97,44 @@ def test_command_line_prints_one_line_and_exits_2(script, tmp_path):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if f"{script}: error:" in line]
     assert len(lines) == 1 and "missing" in lines[0]
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
+    # The whole pipeline on 20 images per class, one cheap epoch at each size: the model, its
+    # exports and a training record whose split lists name files relative to the data root (so
+    # evaluate --split finds them wherever the data is mounted), then evaluate on the test split.
+    import json
+
+    data = make_set(tmp_path / "data" / "toy", real=20, fake=20, size=96)
+    out = tmp_path / "model"
+    common = ["--cache", str(tmp_path / "cache"), "--no-progress"]
+    arguments = [
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--low-epochs",
+        "1",
+        "--high-epochs",
+        "1",
+    ]
+    arguments += ["--low-size", "64", "--batch-size", "8", *common]
+    assert load_script("train").main(arguments) == 0
+    assert {path.name for path in out.iterdir()} >= {
+        "detector.keras",
+        "detector_fp32.tflite",
+        "detector_int8.tflite",
+        "training.json",
+    }
+    record = json.loads((out / "training.json").read_text())
+    test_files = record["splits"]["test"]["toy"]
+    assert test_files and all(name.startswith("toy/") for name in test_files)
+    assert record["calibration"]["method"] == "platt" and record["total_minutes"] > 0
+    report_path = tmp_path / "report.json"
+    evaluate_arguments = ["--data", str(data), "--model", str(out / "detector.keras"), "--split", "test"]
+    evaluate_arguments += ["--no-face", "whole", "--json", str(report_path), *common]
+    assert load_script("evaluate").main(evaluate_arguments) == 0
+    report = json.loads(report_path.read_text())
+    assert report["split"] == "test" and report[str(data)]["images"] == len(test_files)
+    assert 0.0 <= report["all"]["roc_auc"] <= 1.0
