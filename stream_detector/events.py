@@ -201,10 +201,6 @@ class OutageMonitor:
             )
         return None
 
-    @property
-    def offline_alerted(self) -> bool:
-        return self._alerted
-
     def _record(self, kind: str, **fields: object) -> dict:
         return {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),

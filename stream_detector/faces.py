@@ -159,10 +159,6 @@ class DetectorPool:
                 return self._made[-1]
         return self._idle.get()
 
-    @property
-    def detectors_made(self) -> int:
-        return len(self._made)
-
     def handle(self) -> PooledDetector:
         """A source's view of the pool: closing it leaves the pool to its other sources. The first
         handle makes the first detector (seconds), so ``Engine.prepare`` still warms MediaPipe up."""
