@@ -8,6 +8,7 @@ Metrics per --data folder (keyed by the path as given) and over all of them ("al
 precision, recall, F1, confusion matrix, ROC-AUC, EER, TPR at 1% FPR, Brier score, ECE. With
 --robustness, the same after JPEG re-compression at quality 90/70/50 and after a 112 px round trip.
 --split test keeps only the files that training set aside as its test split (model/training.json).
+--equalise-compression gives lossless files the JPEG-75 history of the fakes first, as training does.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default="skip",
         help="an image with no detected face: skip it (default), use it whole, or stop",
     )
+    parser.add_argument(
+        "--equalise-compression",
+        action="store_true",
+        help="JPEG-compress lossless files whole at quality 75 before their faces are cut, as training "
+        "does: in ffhq-tpdne this scores the faces with no PNG-vs-JPEG difference left to exploit",
+    )
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, default=REPO / ".cache")
     parser.add_argument("--no-progress", action="store_true")
@@ -120,13 +127,22 @@ def degrade(crop, condition, size: int):
 
 def load_folder(path: Path, arguments, keep: set[str] | None):
     """All faces under path (every real/fake folder inside it), optionally restricted to some files."""
-    from stream_detector.dataset import find_class_folders, in_file_list, load_face_set
+    from stream_detector.dataset import (
+        FAKE_CLASS_JPEG_QUALITY,
+        find_class_folders,
+        in_file_list,
+        load_face_set,
+    )
     from stream_detector.reference import whole_image
 
     sets = []
     for folder in find_class_folders(path):
         faces = load_face_set(
-            folder, no_face=arguments.no_face, cache_dir=arguments.cache, progress=not arguments.no_progress
+            folder,
+            no_face=arguments.no_face,
+            cache_dir=arguments.cache,
+            progress=not arguments.no_progress,
+            equalise_quality=FAKE_CLASS_JPEG_QUALITY if arguments.equalise_compression else None,
         )
         if keep is not None:
             faces = faces.subset([i for i, file in enumerate(faces.files) if in_file_list(file, keep)])
@@ -157,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(arguments.model),
         "split": arguments.split,
         "preprocess": arguments.preprocess,
+        "equalise_compression": arguments.equalise_compression,
         "sources": {},
     }
     pooled: dict[str, tuple[list, list]] = {name: ([], []) for name in conditions}

@@ -25,6 +25,9 @@ from stream_detector.errors import StreamDetectorError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "faces"
+# The shipped model's recipe (model/MODEL_CARD.md): sized to finish within 75 minutes on 2 cores.
+LOW_EPOCHS = 22
+CONSISTENCY_WEIGHT = 0.5
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -38,21 +41,28 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="face-crop cache folder")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--low-size", type=int, default=112, help="input size of the cheap early epochs")
-    parser.add_argument("--low-epochs", type=int, default=10)
+    parser.add_argument("--low-epochs", type=int, default=LOW_EPOCHS)
     parser.add_argument(
         "--low-mode",
         choices=["patch", "resize"],
-        default="resize",
-        help="early epochs on the crop resized down (resize: the shipped model's recipe) or on random "
-        "windows of the 224 crop at the pixel scale of production (patch: higher AUC, but see the "
-        "model card on JPEG robustness)",
+        default="patch",
+        help="early epochs on random windows of the 224 crop, at the pixel scale of production (patch), "
+        "or on the crop resized down (resize: the first shipped model's recipe)",
     )
     parser.add_argument("--high-epochs", type=int, default=1, help="final epochs at 224")
     parser.add_argument(
         "--equalise-compression",
-        action="store_true",
-        help="give lossless (PNG) training images the JPEG history of the other class first (see "
-        "stream_detector/augment.py; not in the shipped model's recipe)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="JPEG-compress lossless (PNG) training and validation files whole at quality "
+        "75 before their faces are cut, as the fakes were (stream_detector/dataset.py)",
+    )
+    parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=CONSISTENCY_WEIGHT,
+        help="weight of the loss that ties each view's score to its further-compressed twin's "
+        "(stream_detector/training.py; 0 turns the pairs off)",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from stream_detector.dataset import load_face_set, relative_name
+    from stream_detector.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set, relative_name
     from stream_detector.model import KERAS_FILE, build_model, fit_platt_scaling, fold_platt_scaling
     from stream_detector.training import AugmentedBatches, Schedule, plain_batch, split_sources, train
 
@@ -124,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, folder in folders.items():
         # These sets are face crops already: where no face is found the whole image is the face.
         faces = load_face_set(
-            folder, no_face="whole", cache_dir=arguments.cache, progress=not arguments.no_progress
+            folder,
+            no_face="whole",
+            cache_dir=arguments.cache,
+            progress=not arguments.no_progress,
+            # The reference recipe is reproduced as it was: on the files as they are.
+            equalise_quality=FAKE_CLASS_JPEG_QUALITY
+            if arguments.equalise_compression and not arguments.reference
+            else None,
         )
         grouped.setdefault(name.split("/")[0], []).append(faces)
         print(f"data: {folder}: {len(faces)} faces ({faces.no_face} without a detected face, used whole)")
@@ -166,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             arguments.high_epochs,
             learning_rate=arguments.learning_rate,
             patches=arguments.low_mode == "patch",
+            consistency_weight=arguments.consistency_weight,
         )
         model = build_model(input_size=None)
         batches = AugmentedBatches(
             list(splits.train.values()),
             arguments.batch_size,
             arguments.seed,
-            equalise_compression=arguments.equalise_compression,
+            paired=arguments.consistency_weight > 0,
         )
         result = train(model, batches, splits.validation, schedule, progress=not arguments.no_progress)
 
@@ -203,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend": keras.backend.backend(),
         "schedule": schedule.__dict__,
         "batch_size": arguments.batch_size,
+        "equalise_compression": bool(arguments.equalise_compression and not arguments.reference),
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

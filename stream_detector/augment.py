@@ -1,14 +1,12 @@
 """Training augmentation, identical for both classes, shaped like a camera and codec pipeline.
 
-The shortcut it removes: in ffhq-tpdne every real face is a lossless PNG and every fake is JPEG-75.
-Re-compressing every image of either class at a random quality, at native resolution and again at
-the model's resolution, makes "was this JPEG?" carry less information about the label, but not none:
-only the fakes ever carry two compressions, and only the reals are ever clean. The shipped model
-(resize mode) flips 5 % of real faces to fake at JPEG q50 all the same; a stronger one trained on
-224 px windows (patch mode, 26 epochs) learned the rest of the cue and flipped 31 %.
-``lossless=True`` (``train.py --equalise-compression``) first gives a lossless image the compression
-history of the JPEG class (quality 70-80, native resolution): in patch mode that brought the flips
-at q50 down to 10 % (model card, "Experiments").
+The shortcut it works against: in ffhq-tpdne every real face is a lossless PNG and every fake is
+JPEG-75. Two measures, both needed (model card, "Training recipe"):
+- the lossless files get the fakes' exact JPEG history before the face is cut
+  (``dataset.load_face_set(equalise_quality=75)``), so no compression difference is left to learn;
+- every view of either class is then re-compressed, resized, blurred and jittered alike here, and
+  ``degraded_view`` makes the second view of a consistency pair: the model is trained to give a
+  face and its further-compressed copy the same score, which is what a live product needs.
 """
 
 from __future__ import annotations
@@ -20,12 +18,9 @@ from stream_detector.crops import CROP_SIZE
 from stream_detector.dataset import jpeg, resize_crop
 
 
-def augment(
-    crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZE, lossless: bool = False
-) -> np.ndarray:
-    """One randomly degraded (size, size, 3) uint8 view of a native-resolution RGB face crop.
-    ``lossless``: the crop comes from a PNG-like file (module docstring)."""
-    image = jpeg(crop_rgb, int(rng.integers(70, 81))) if lossless else crop_rgb
+def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZE) -> np.ndarray:
+    """One randomly degraded (size, size, 3) uint8 view of a native-resolution RGB face crop."""
+    image = crop_rgb
     if rng.random() < 0.9:
         image = jpeg(image, int(rng.integers(30, 96)))
     if rng.random() < 0.2:
@@ -56,6 +51,17 @@ def augment(
     if rng.random() < 0.3:
         image = jpeg(np.ascontiguousarray(image), int(rng.integers(40, 96)))
     return np.ascontiguousarray(image)
+
+
+def degraded_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The same view after what a stream does to it on top: sometimes a lower resolution, always one
+    more JPEG pass. Its score should not move (the consistency pair in training.AugmentedBatches)."""
+    side = image.shape[0]
+    if rng.random() < 0.3:
+        small = max(16, int(side * rng.uniform(0.5, 0.9)))
+        image = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
+    return jpeg(np.ascontiguousarray(image), int(rng.integers(30, 91)))
 
 
 def _colour_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -28,6 +28,9 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CLASSES = ("real", "fake")  # label 0, label 1
 # Bump when the crop convention or detector policy changes, so cached crops are rebuilt.
 CROP_CACHE_VERSION = 4
+# The JPEG quality every fake in ffhq-tpdne carries (IJG tables, 4:2:0, whole 128 px image): the
+# history ``equalise_quality`` gives the lossless reals, so both classes reach the crop alike.
+FAKE_CLASS_JPEG_QUALITY = 75
 
 
 @dataclass(frozen=True)
@@ -146,20 +149,28 @@ def load_face_set(
     cache_dir: Path | None = None,
     progress: bool = True,
     name: str | None = None,
+    equalise_quality: int | None = None,
 ) -> FaceSet:
     """Decode, detect and crop every image of a real/fake folder.
 
     ``no_face``: what to do with an image where no face is found — ``skip`` it (one log line each),
     use the ``whole`` image (right for sets that are already face crops), or stop with an ``error``.
+    ``equalise_quality``: JPEG-compress every lossless file (PNG and the like) at this quality, whole
+    and before the face is found and cut, exactly as the JPEG files of the other class were made.
+    Then "was this ever compressed?" and the phase of the 8x8 grid inside the crop say nothing about
+    the label (training and checkpoint choice; never for evaluating what a user gives us).
     """
     folder = Path(folder)
     items = list_images(folder)
     groups = read_groups(folder)
+    if equalise_quality is not None and not any(is_lossless_file(path) for path, _ in items):
+        equalise_quality = None  # nothing to equalise: share the plain crops' cache
     key = hashlib.sha256(
         repr(
             (
                 CROP_CACHE_VERSION,
                 no_face,
+                equalise_quality,
                 [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in items],
             )
         ).encode()
@@ -178,6 +189,8 @@ def load_face_set(
             items, desc=f"faces {folder.name}", unit="img", disable=not progress, leave=False
         ):
             image = decode_image(path)
+            if equalise_quality is not None and is_lossless_file(path):
+                image = jpeg_bgr(image, equalise_quality)
             box = finder.find(image)
             if box is None:
                 missing += 1
@@ -250,10 +263,13 @@ def is_lossless_file(path: str | Path) -> bool:
         return False
 
 
-def jpeg(image_rgb: np.ndarray, quality: int) -> np.ndarray:
-    ok, encoded = cv2.imencode(
-        ".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-    )
-    if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
+def jpeg_bgr(image_bgr: np.ndarray, quality: int) -> np.ndarray:
+    """One JPEG round trip (OpenCV's defaults: IJG tables, 4:2:0 chroma, like the data's JPEG files)."""
+    ok, encoded = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - OpenCV always encodes uint8 images
         raise RuntimeError("JPEG encoding failed")
-    return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+
+
+def jpeg(image_rgb: np.ndarray, quality: int) -> np.ndarray:
+    return cv2.cvtColor(jpeg_bgr(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), quality), cv2.COLOR_BGR2RGB)

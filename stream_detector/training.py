@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_detector.augment import augment
+from stream_detector.augment import augment, degraded_view
 from stream_detector.crops import CROP_SIZE
-from stream_detector.dataset import FaceSet, is_lossless_file, resize_crop, split_by_group
+from stream_detector.dataset import FaceSet, resize_crop, split_by_group
 from stream_detector.metrics import binary_metrics
 
 SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
@@ -54,16 +54,17 @@ class AugmentedBatches:
         batch_size: int,
         seed: int,
         augmented: bool = True,
-        equalise_compression: bool = False,
+        paired: bool = False,
     ) -> None:
-        """``augmented=False`` feeds the crops as they are, only resized (the reference recipe);
-        ``equalise_compression``: lossless files first get a JPEG history (augment.augment)."""
+        """``augmented=False`` feeds the crops as they are, only resized (the reference recipe).
+        ``paired``: each batch is batch_size / 2 augmented views followed by the same views degraded
+        further (augment.degraded_view), in the same order, for the consistency loss (paired_loss)."""
+        if paired and (batch_size % 2 or not augmented):
+            raise ValueError("paired batches need an even batch size and augmentation")
         self._crops = [crop for faces in sources for crop in faces.crops]
-        self._lossless = [
-            equalise_compression and is_lossless_file(file) for faces in sources for file in faces.files
-        ]
         self._labels = np.concatenate([faces.labels for faces in sources]).astype(np.float32)
         self.batch_size = batch_size
+        self.paired = paired
         self._augmented = augmented
         self._rng = np.random.default_rng(seed)
 
@@ -72,25 +73,53 @@ class AugmentedBatches:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Steps of batch_size inputs per epoch: the same compute per epoch paired or not (a paired
+        epoch sees a fresh random half of the faces, each twice)."""
         return len(self._labels) // self.batch_size
 
     def epoch(self, size: int, patches: bool = False):
-        """One pass in random order. ``patches``: random size x size windows of the 224 px crop, so the
+        """One epoch in random order. ``patches``: random size x size windows of the 224 px crop, so the
         convolutions learn at the pixel scale they will see in production, for a fraction of the cost."""
         order = self._rng.permutation(len(self._labels))
         full = CROP_SIZE if patches else size
-        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            chosen = order[start : start + self.batch_size]
+        per_step = self.batch_size // 2 if self.paired else self.batch_size
+        for step in range(self.steps_per_epoch):
+            chosen = order[step * per_step : (step + 1) * per_step]
             if self._augmented:
-                images = [augment(self._crops[i], self._rng, full, self._lossless[i]) for i in chosen]
+                images = [augment(self._crops[i], self._rng, full) for i in chosen]
             else:
                 images = [resize_crop(self._crops[i], full) for i in chosen]
+            labels = self._labels[chosen]
+            if self.paired:
+                images = images + [degraded_view(image, self._rng) for image in images]
+                labels = np.concatenate([labels, labels])
             if patches and size < full:
-                offsets = self._rng.integers(0, full - size + 1, (len(images), 2))
+                offsets = self._rng.integers(0, full - size + 1, (len(chosen), 2))
+                if self.paired:  # both views of a face through the same window
+                    offsets = np.concatenate([offsets, offsets])
                 images = [
                     image[y : y + size, x : x + size] for image, (y, x) in zip(images, offsets, strict=True)
                 ]
-            yield np.stack(images).astype(np.float32), self._labels[chosen].reshape(-1, 1)
+            yield np.stack(images).astype(np.float32), labels.reshape(-1, 1)
+
+
+def paired_loss(consistency_weight: float, label_smoothing: float = 0.02):
+    """Binary cross-entropy on every input, plus consistency_weight times the mean squared difference
+    between the logits of each view and its degraded twin (the second half of a paired batch)."""
+    import keras
+    from keras import ops
+
+    def loss(y_true, y_pred):
+        cross_entropy = ops.mean(
+            keras.losses.binary_crossentropy(y_true, y_pred, label_smoothing=label_smoothing)
+        )
+        probability = ops.clip(ops.reshape(y_pred, (-1,)), 1e-6, 1.0 - 1e-6)
+        logits = ops.log(probability) - ops.log1p(-probability)
+        half = ops.shape(logits)[0] // 2
+        difference = logits[:half] - logits[half:]
+        return cross_entropy + consistency_weight * ops.mean(ops.square(difference))
+
+    return loss
 
 
 @dataclass(frozen=True)
@@ -104,6 +133,7 @@ class Schedule:
     learning_rate: float = 1e-3
     warmup_steps: int = 200
     patches: bool = True  # low-resolution epochs see windows of the 224 crop rather than a resized crop
+    consistency_weight: float = 0.0  # > 0 with paired batches (paired_loss)
 
     def sizes(self) -> list[int]:
         return [self.low_size] * self.low_epochs + [self.high_size] * self.high_epochs
@@ -141,7 +171,14 @@ def train(
     from tqdm import tqdm
 
     optimizer = keras.optimizers.Adam(schedule.learning_rate)
-    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(label_smoothing=0.02))
+    if batches.paired != (schedule.consistency_weight > 0):
+        raise ValueError("a consistency weight needs paired batches, and paired batches need one")
+    loss = (
+        paired_loss(schedule.consistency_weight)
+        if batches.paired
+        else keras.losses.BinaryCrossentropy(label_smoothing=0.02)
+    )
+    model.compile(optimizer=optimizer, loss=loss)
     steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * len(schedule.sizes())
     step, best, history, started = 0, None, [], time.time()

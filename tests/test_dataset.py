@@ -58,3 +58,23 @@ def test_split_lists_survive_moving_the_data(tmp_path):
     assert name == "dfdc/real/a.jpg"
     assert in_file_list("/elsewhere/data/dfdc/real/a.jpg", {name})
     assert not in_file_list("/elsewhere/data/dfdc/fake/a.jpg", {name})
+
+
+@pytest.mark.slow
+def test_equalising_gives_a_lossless_file_the_exact_history_of_a_jpeg_75_file(tmp_path):
+    # The shortcut trap at its root: the same picture saved as PNG (real) and as JPEG-75 (fake)
+    # must reach training as the same pixels, so compression says nothing about the label.
+    from stream_detector.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set
+
+    picture = cv2.GaussianBlur(np.random.default_rng(4).integers(0, 256, (128, 128, 3), np.uint8), (0, 0), 2)
+    write_image(tmp_path / "set" / "real" / "a.png", picture)
+    (tmp_path / "set" / "fake").mkdir()
+    cv2.imwrite(str(tmp_path / "set" / "fake" / "b.jpg"), picture, [cv2.IMWRITE_JPEG_QUALITY, 75])
+    plain = load_face_set(tmp_path / "set", no_face="whole", progress=False)
+    equalised = load_face_set(
+        tmp_path / "set", no_face="whole", progress=False, equalise_quality=FAKE_CLASS_JPEG_QUALITY
+    )
+    assert list(plain.labels) == list(equalised.labels) == [0, 1]
+    assert not np.array_equal(plain.crops[0], plain.crops[1])
+    np.testing.assert_array_equal(equalised.crops[0], equalised.crops[1])
+    np.testing.assert_array_equal(equalised.crops[1], plain.crops[1])  # JPEG files are left alone

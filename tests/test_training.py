@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from stream_detector.dataset import FaceSet
+from stream_detector.training import AugmentedBatches, Schedule, paired_loss
+
+
+def face_set(count: int, seed: int = 0) -> FaceSet:
+    rng = np.random.default_rng(seed)
+    crops = [rng.integers(0, 256, (120, 120, 3), dtype=np.uint8) for _ in range(count)]
+    labels = np.arange(count, dtype=np.int32) % 2
+    return FaceSet(
+        "toy", crops, labels, [f"{i}.png" for i in range(count)], [str(i) for i in range(count)], 0
+    )
+
+
+def test_paired_batches_hold_each_view_then_its_degraded_twin_through_the_same_window():
+    batches = AugmentedBatches([face_set(40)], batch_size=8, seed=1, paired=True)
+    assert batches.steps_per_epoch == 5
+    epoch = list(batches.epoch(112, patches=True))
+    assert len(epoch) == 5
+    for images, labels in epoch:
+        assert images.shape == (8, 112, 112, 3) and labels.shape == (8, 1)
+        np.testing.assert_array_equal(labels[:4], labels[4:])
+        for view, twin in zip(images[:4], images[4:], strict=True):
+            # Same face, same window: close pixels; but not the same pixels (one more JPEG pass).
+            assert 0 < np.abs(view - twin).mean() < 40
+            assert np.corrcoef(view.ravel(), twin.ravel())[0, 1] > 0.5
+        # Different faces in one batch are unrelated random crops.
+        assert abs(np.corrcoef(images[0].ravel(), images[1].ravel())[0, 1]) < 0.3
+
+
+def test_unpaired_batches_see_every_face_once_per_epoch():
+    batches = AugmentedBatches([face_set(40)], batch_size=8, seed=1)
+    labels = np.concatenate([labels for _, labels in batches.epoch(64)])
+    assert labels.shape == (40, 1) and labels.sum() == 20
+
+
+def test_paired_batches_need_an_even_batch_and_augmentation():
+    with pytest.raises(ValueError):
+        AugmentedBatches([face_set(10)], batch_size=7, seed=0, paired=True)
+    with pytest.raises(ValueError):
+        AugmentedBatches([face_set(10)], batch_size=8, seed=0, paired=True, augmented=False)
+
+
+def test_paired_loss_adds_the_weighted_squared_logit_gap_to_cross_entropy():
+    import keras
+
+    labels = np.array([[0.0], [1.0], [0.0], [1.0]], np.float32)
+    same = np.array([[0.2], [0.7], [0.2], [0.7]], np.float32)
+    apart = np.array([[0.2], [0.7], [0.5], [0.9]], np.float32)
+    plain = keras.losses.BinaryCrossentropy(label_smoothing=0.02)
+    assert float(paired_loss(0.5)(labels, same)) == pytest.approx(float(plain(labels, same)), abs=1e-5)
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    gap = np.mean((logit(apart[:2, 0]) - logit(apart[2:, 0])) ** 2)
+    expected = float(plain(labels, apart)) + 0.5 * gap
+    assert float(paired_loss(0.5)(labels, apart)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_training_refuses_a_consistency_weight_without_pairs_and_the_reverse():
+    from stream_detector.model import build_model
+    from stream_detector.training import train
+
+    model = build_model(input_size=None)
+    unpaired = AugmentedBatches([face_set(8)], batch_size=4, seed=0)
+    with pytest.raises(ValueError, match="consistency"):
+        train(model, unpaired, {}, Schedule(1, 64, 0, consistency_weight=0.5), log=lambda _: None)
