@@ -54,13 +54,8 @@ def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZ
 
 
 def degraded_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The same view after what a stream does to it on top: sometimes a lower resolution, always one
-    more JPEG pass. Its score should not move (the consistency pair in training.AugmentedBatches)."""
-    side = image.shape[0]
-    if rng.random() < 0.3:
-        small = max(16, int(side * rng.uniform(0.5, 0.9)))
-        image = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA)
-        image = cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
+    """The same view after one more JPEG pass, as a re-encoding stream gives it. Its score should not
+    move (the consistency pair in training.AugmentedBatches)."""
     return jpeg(np.ascontiguousarray(image), int(rng.integers(30, 91)))
 
 

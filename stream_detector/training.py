@@ -103,9 +103,10 @@ class AugmentedBatches:
             yield np.stack(images).astype(np.float32), labels.reshape(-1, 1)
 
 
-def paired_loss(consistency_weight: float, label_smoothing: float = 0.02):
+def paired_loss(consistency_weight, label_smoothing: float = 0.02):
     """Binary cross-entropy on every input, plus consistency_weight times the mean squared difference
-    between the logits of each view and its degraded twin (the second half of a paired batch)."""
+    between the logits of each view and its degraded twin (the second half of a paired batch).
+    ``consistency_weight``: a number, or a keras.Variable that training ramps up."""
     import keras
     from keras import ops
 
@@ -134,9 +135,22 @@ class Schedule:
     warmup_steps: int = 200
     patches: bool = True  # low-resolution epochs see windows of the 224 crop rather than a resized crop
     consistency_weight: float = 0.0  # > 0 with paired batches (paired_loss)
+    # The consistency term is off for the first part of training, then ramps linearly to its weight.
+    # From the first step it held this network at chance (loss 0.693 for 9 epochs, model card): it
+    # flattens every feature before any has learned the label. Later it removes the part of a
+    # learned score that compression moves.
+    consistency_ramp: tuple[float, float] = (0.5, 0.75)
 
     def sizes(self) -> list[int]:
         return [self.low_size] * self.low_epochs + [self.high_size] * self.high_epochs
+
+
+def ramp(step: int, total: int, start: float, end: float) -> float:
+    """0 before start * total steps, 1 after end * total, linear between."""
+    progress = step / max(1, total)
+    if progress <= start:
+        return 0.0
+    return min(1.0, (progress - start) / max(1e-9, end - start))
 
 
 def cosine_with_warmup(step: int, total: int, peak: float, warmup: int) -> float:
@@ -173,10 +187,9 @@ def train(
     optimizer = keras.optimizers.Adam(schedule.learning_rate)
     if batches.paired != (schedule.consistency_weight > 0):
         raise ValueError("a consistency weight needs paired batches, and paired batches need one")
+    consistency = keras.Variable(0.0, trainable=False, dtype="float32", name="consistency_weight")
     loss = (
-        paired_loss(schedule.consistency_weight)
-        if batches.paired
-        else keras.losses.BinaryCrossentropy(label_smoothing=0.02)
+        paired_loss(consistency) if batches.paired else keras.losses.BinaryCrossentropy(label_smoothing=0.02)
     )
     model.compile(optimizer=optimizer, loss=loss)
     steps_per_epoch = batches.steps_per_epoch
@@ -204,6 +217,9 @@ def train(
             optimizer.learning_rate.assign(
                 cosine_with_warmup(step, total_steps, schedule.learning_rate, schedule.warmup_steps)
             )
+            consistency.assign(
+                schedule.consistency_weight * ramp(step, total_steps, *schedule.consistency_ramp)
+            )
             losses.append(float(model.train_on_batch(images, labels)))
             step += 1
             if step % 10 == 0:
@@ -216,6 +232,7 @@ def train(
             "epoch": epoch,
             "size": size,
             "train_loss": float(np.mean(losses)),
+            "consistency_weight": float(keras.ops.convert_to_numpy(consistency)),
             "validation_mean_auc": report["mean_auc"],
             **{f"validation_auc_{name}": report[name]["roc_auc"] for name in validation},
             "minutes": (time.time() - started) / 60,

@@ -68,3 +68,12 @@ def test_training_refuses_a_consistency_weight_without_pairs_and_the_reverse():
     unpaired = AugmentedBatches([face_set(8)], batch_size=4, seed=0)
     with pytest.raises(ValueError, match="consistency"):
         train(model, unpaired, {}, Schedule(1, 64, 0, consistency_weight=0.5), log=lambda _: None)
+
+
+def test_consistency_ramps_from_off_to_full_between_its_two_fractions_of_training():
+    from stream_detector.training import ramp
+
+    values = [ramp(step, 100, 0.5, 0.75) for step in (0, 50, 55, 62, 75, 99)]
+    assert values[0] == values[1] == 0.0
+    assert 0.0 < values[2] < values[3] < 1.0
+    assert values[4] == values[5] == 1.0
