@@ -77,12 +77,14 @@ class AugmentedBatches:
         epoch sees a fresh random half of the faces, each twice)."""
         return len(self._labels) // self.batch_size
 
-    def epoch(self, size: int, patches: bool = False):
+    def epoch(self, size: int, patches: bool = False, pairs: bool = True):
         """One epoch in random order. ``patches``: random size x size windows of the 224 px crop, so the
-        convolutions learn at the pixel scale they will see in production, for a fraction of the cost."""
+        convolutions learn at the pixel scale they will see in production, for a fraction of the cost.
+        ``pairs=False`` makes plain batches from paired ones, for epochs with no consistency term."""
+        paired = self.paired and pairs
         order = self._rng.permutation(len(self._labels))
         full = CROP_SIZE if patches else size
-        per_step = self.batch_size // 2 if self.paired else self.batch_size
+        per_step = self.batch_size // 2 if paired else self.batch_size
         for step in range(self.steps_per_epoch):
             chosen = order[step * per_step : (step + 1) * per_step]
             if self._augmented:
@@ -90,12 +92,12 @@ class AugmentedBatches:
             else:
                 images = [resize_crop(self._crops[i], full) for i in chosen]
             labels = self._labels[chosen]
-            if self.paired:
+            if paired:
                 images = images + [degraded_view(image, self._rng) for image in images]
                 labels = np.concatenate([labels, labels])
             if patches and size < full:
                 offsets = self._rng.integers(0, full - size + 1, (len(chosen), 2))
-                if self.paired:  # both views of a face through the same window
+                if paired:  # both views of a face through the same window
                     offsets = np.concatenate([offsets, offsets])
                 images = [
                     image[y : y + size, x : x + size] for image, (y, x) in zip(images, offsets, strict=True)
@@ -208,7 +210,12 @@ def train(
     for epoch, size in enumerate(schedule.sizes(), start=1):
         losses = []
         bar = tqdm(
-            batches.epoch(size, patches=schedule.patches),
+            # Before the consistency term starts, each step spends its batch on distinct faces.
+            batches.epoch(
+                size,
+                patches=schedule.patches,
+                pairs=ramp(step + steps_per_epoch, total_steps, *schedule.consistency_ramp) > 0,
+            ),
             total=steps_per_epoch,
             desc=f"epoch {epoch} @{size}px",
             disable=not progress,

@@ -77,3 +77,11 @@ def test_consistency_ramps_from_off_to_full_between_its_two_fractions_of_trainin
     assert values[0] == values[1] == 0.0
     assert 0.0 < values[2] < values[3] < 1.0
     assert values[4] == values[5] == 1.0
+
+
+def test_paired_batches_turn_plain_for_epochs_without_the_consistency_term():
+    batches = AugmentedBatches([face_set(40)], batch_size=8, seed=1, paired=True)
+    images, labels = next(batches.epoch(64, pairs=False))
+    # Eight distinct faces, none the twin of another.
+    assert images.shape == (8, 64, 64, 3)
+    assert all(abs(np.corrcoef(images[0].ravel(), other.ravel())[0, 1]) < 0.3 for other in images[1:])
