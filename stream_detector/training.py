@@ -138,9 +138,9 @@ class Schedule:
     patches: bool = True  # low-resolution epochs see windows of the 224 crop rather than a resized crop
     consistency_weight: float = 0.0  # > 0 with paired batches (paired_loss)
     # The consistency term is off for the first part of training, then ramps linearly to its weight.
-    # From the first step it held this network at chance (loss 0.693 for 9 epochs, model card): it
-    # flattens every feature before any has learned the label. Later it removes the part of a
-    # learned score that compression moves.
+    # The first half learns the label from distinct faces (plain batches, twice the faces per step);
+    # the term then removes the part of a learned score that compression moves. Whether it could run
+    # from the first step in resize mode is untested (model card, "Experiments", runs C and D).
     consistency_ramp: tuple[float, float] = (0.5, 0.75)
 
     def sizes(self) -> list[int]:
