@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             raise StreamDetectorError(
                 f"{entry}: needs faces of both classes (found {len(labels)} usable images)"
             )
-        result = {"images": int(len(labels)), "no_face": int(sum(faces.no_face for faces in sets))}
+        # Images of this evaluation (this split, with --split) in which no face was found.
+        result = {"images": int(len(labels)), "no_face": sum(faces.no_face_in(keep) for faces in sets)}
         for name, condition in conditions.items():
             scores = predictor(np.stack([degrade(crop, condition, predictor.size) for crop in crops]))
             metrics = binary_metrics(labels, scores, threshold=arguments.threshold)

@@ -111,7 +111,7 @@ def merge(sets):
         np.concatenate([faces.labels for faces in sets]),
         [file for faces in sets for file in faces.files],
         [group for faces in sets for group in faces.groups],
-        sum(faces.no_face for faces in sets),
+        tuple(file for faces in sets for file in faces.no_face_files),
     )
 
 

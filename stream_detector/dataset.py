@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CLASSES = ("real", "fake")  # label 0, label 1
 # Bump when the crop convention or detector policy changes, so cached crops are rebuilt.
-CROP_CACHE_VERSION = 4
+CROP_CACHE_VERSION = 5
 # The JPEG quality every fake in ffhq-tpdne carries (IJG tables, 4:2:0, whole 128 px image): the
 # history ``equalise_quality`` gives the lossless reals, so both classes reach the crop alike.
 FAKE_CLASS_JPEG_QUALITY = 75
@@ -42,10 +42,20 @@ class FaceSet:
     labels: np.ndarray
     files: list[str]
     groups: list[str]
-    no_face: int
+    # Every file of the folder in which no face was found, kept whole or skipped: a subset (a split)
+    # counts its own with no_face_in.
+    no_face_files: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def no_face(self) -> int:
+        return len(self.no_face_files)
+
+    def no_face_in(self, names: set[str] | None) -> int:
+        """How many files without a detected face are among names (relative_name's), or all if None."""
+        return sum(names is None or in_file_list(file, names) for file in self.no_face_files)
 
     def subset(self, indices: Iterable[int], name: str | None = None) -> FaceSet:
         indices = list(indices)
@@ -55,7 +65,7 @@ class FaceSet:
             self.labels[indices],
             [self.files[i] for i in indices],
             [self.groups[i] for i in indices],
-            self.no_face,
+            self.no_face_files,
         )
 
 
@@ -183,7 +193,7 @@ def load_face_set(
     from tqdm import tqdm
 
     finder = StillFaceFinder()
-    crops, labels, files, file_groups, missing = [], [], [], [], 0
+    crops, labels, files, file_groups, missing = [], [], [], [], []
     try:
         for path, label in tqdm(
             items, desc=f"faces {folder.name}", unit="img", disable=not progress, leave=False
@@ -193,7 +203,7 @@ def load_face_set(
                 image = jpeg_bgr(image, equalise_quality)
             box = finder.find(image)
             if box is None:
-                missing += 1
+                missing.append(str(path))
                 if no_face == "error":
                     raise StreamDetectorError(f"no face found in {path}")
                 if no_face == "skip":
@@ -209,7 +219,9 @@ def load_face_set(
     for label, class_name in enumerate(CLASSES):
         if label not in labels:
             raise StreamDetectorError(f"{folder / class_name}: no usable face images")
-    result = FaceSet(name or folder.name, crops, np.array(labels, np.int32), files, file_groups, missing)
+    result = FaceSet(
+        name or folder.name, crops, np.array(labels, np.int32), files, file_groups, tuple(missing)
+    )
     if cache_path:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache_path.with_suffix(".tmp")

@@ -24,4 +24,4 @@ def reference_sources(sources: dict[str, FaceSet]) -> dict[str, FaceSet]:
     """The reference trained on ffhq-tpdne whole images; same files and groups, hence the same split."""
     faces = sources[REFERENCE_SOURCE]
     crops = [whole_image(file) for file in faces.files]
-    return {REFERENCE_SOURCE: FaceSet(REFERENCE_SOURCE, crops, faces.labels, faces.files, faces.groups, 0)}
+    return {REFERENCE_SOURCE: FaceSet(REFERENCE_SOURCE, crops, faces.labels, faces.files, faces.groups, ())}

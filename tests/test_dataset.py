@@ -78,3 +78,18 @@ def test_equalising_gives_a_lossless_file_the_exact_history_of_a_jpeg_75_file(tm
     assert not np.array_equal(plain.crops[0], plain.crops[1])
     np.testing.assert_array_equal(equalised.crops[0], equalised.crops[1])
     np.testing.assert_array_equal(equalised.crops[1], plain.crops[1])  # JPEG files are left alone
+
+
+@pytest.mark.slow
+def test_a_split_counts_only_its_own_images_without_a_face(tmp_path):
+    from stream_detector.dataset import load_face_set, relative_name
+
+    noise = np.random.default_rng(5).integers(0, 256, (64, 64, 3), np.uint8)
+    for name in ("real/a.png", "real/b.png", "fake/c.png"):
+        write_image(tmp_path / "set" / name, noise)
+    faces = load_face_set(tmp_path / "set", no_face="whole", progress=False)
+    assert faces.no_face == 3 and len(faces) == 3
+    one_split = {relative_name(tmp_path / "set" / "real" / "b.png", tmp_path)}
+    assert faces.no_face_in(one_split) == 1
+    assert faces.no_face_in(None) == 3
+    assert faces.no_face_in({"set/fake/elsewhere.png"}) == 0

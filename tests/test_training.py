@@ -10,7 +10,7 @@ def face_set(count: int, seed: int = 0) -> FaceSet:
     crops = [rng.integers(0, 256, (120, 120, 3), dtype=np.uint8) for _ in range(count)]
     labels = np.arange(count, dtype=np.int32) % 2
     return FaceSet(
-        "toy", crops, labels, [f"{i}.png" for i in range(count)], [str(i) for i in range(count)], 0
+        "toy", crops, labels, [f"{i}.png" for i in range(count)], [str(i) for i in range(count)], ()
     )
 
 
