@@ -173,7 +173,11 @@ def load_face_set(
     folder = Path(folder)
     items = list_images(folder)
     groups = read_groups(folder)
-    if equalise_quality is not None and not any(is_lossless_file(path) for path, _ in items):
+    # One header read per file, shared by the cache key and the loop below.
+    lossless = (
+        {path for path, _ in items if is_lossless_file(path)} if equalise_quality is not None else set()
+    )
+    if not lossless:
         equalise_quality = None  # nothing to equalise: share the plain crops' cache
     key = hashlib.sha256(
         repr(
@@ -199,7 +203,7 @@ def load_face_set(
             items, desc=f"faces {folder.name}", unit="img", disable=not progress, leave=False
         ):
             image = decode_image(path)
-            if equalise_quality is not None and is_lossless_file(path):
+            if path in lossless:
                 image = jpeg_bgr(image, equalise_quality)
             box = finder.find(image)
             if box is None:

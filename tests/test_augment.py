@@ -17,18 +17,13 @@ def test_both_classes_are_recompressed_alike():
     rng = np.random.default_rng(0)
     smooth = np.tile(np.linspace(0, 255, 128, dtype=np.uint8)[None, :, None], (128, 1, 3))
     lossless, compressed = smooth, jpeg(smooth, 75)
-
-    def blockiness(image):
-        # Energy on the 8-pixel grid that JPEG leaves behind, relative to elsewhere.
-        columns = np.abs(np.diff(image.astype(np.float32), axis=1)).mean(axis=(0, 2))
-        return columns[7::8].mean() / (columns.mean() + 1e-6)
-
     a = np.mean([blockiness(augment(lossless, rng, size=128)) for _ in range(60)])
     b = np.mean([blockiness(augment(compressed, rng, size=128)) for _ in range(60)])
     assert abs(a - b) / b < 0.25
 
 
 def blockiness(image):
+    """Energy on the 8-pixel grid that JPEG leaves behind, relative to elsewhere."""
     columns = np.abs(np.diff(image.astype(np.float32), axis=1)).mean(axis=(0, 2))
     return columns[7::8].mean() / (columns.mean() + 1e-6)
 
