@@ -117,6 +117,15 @@ def merge(sets):
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.consistency_weight < 0:
+        raise StreamDetectorError(
+            f"--consistency-weight must be 0 (off) or more, not {arguments.consistency_weight}"
+        )
+    if arguments.consistency_weight > 0 and arguments.batch_size % 2:
+        raise StreamDetectorError(
+            f"--batch-size {arguments.batch_size} is odd: consistency pairs need an even batch "
+            "(or --consistency-weight 0)"
+        )
     started = time.time()
     import keras
     import numpy as np

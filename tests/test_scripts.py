@@ -138,3 +138,12 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["split"] == "test" and report[str(data)]["images"] == len(test_files)
     assert 0.0 <= report["all"]["roc_auc"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [(["--consistency-weight", "-1"], "--consistency-weight"), (["--batch-size", "31"], "--batch-size 31")],
+)
+def test_train_refuses_bad_consistency_settings_in_one_line(arguments, named, tmp_path):
+    with pytest.raises(StreamDetectorError, match=named):
+        load_script("train").main([*arguments, "--out", str(tmp_path / "out")])
