@@ -131,6 +131,8 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
     test_files = record["splits"]["test"]["toy"]
     assert test_files and all(name.startswith("toy/") for name in test_files)
     assert record["calibration"]["method"] == "platt" and record["total_minutes"] > 0
+    # The engine's FAKE threshold is checked against this number (tests/test_smoothing.py).
+    assert 0.0 < record["calibration"]["fake_threshold_at_1pct_false_alarms"] < 1.0
     report_path = tmp_path / "report.json"
     evaluate_arguments = ["--data", str(data), "--model", str(out / "detector.keras"), "--split", "test"]
     evaluate_arguments += ["--no-face", "whole", "--json", str(report_path), *common]
