@@ -132,7 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from stream_detector.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set, relative_name
-    from stream_detector.model import KERAS_FILE, build_model, fit_platt_scaling, fold_platt_scaling
+    from stream_detector.model import (
+        KERAS_FILE,
+        apply_platt_scaling,
+        build_model,
+        fit_platt_scaling,
+        fold_platt_scaling,
+    )
     from stream_detector.training import AugmentedBatches, Schedule, plain_batch, split_sources, train
 
     keras.utils.set_random_seed(arguments.seed)
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = np.asarray(shipped.predict(validation_images, batch_size=64, verbose=0)).reshape(-1)
         slope, intercept = fit_platt_scaling(raw, validation_labels)
         fold_platt_scaling(shipped, slope, intercept)
-        calibrated = np.asarray(shipped.predict(validation_images, batch_size=64, verbose=0)).reshape(-1)
+        calibrated = apply_platt_scaling(raw, slope, intercept)
         # The live engine's FAKE threshold (SmootherSettings.fake_enter) must be at least this: the
         # score that 99 % of real validation faces stay under, i.e. at most 1 % false alarms per face.
         fake_threshold = float(np.quantile(calibrated[validation_labels == 0], 1.0 - FALSE_ALARM_RATE))

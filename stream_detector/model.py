@@ -93,6 +93,13 @@ def fold_platt_scaling(model, slope: float, intercept: float) -> None:
     layer.set_weights([kernel * slope, bias * slope + intercept])
 
 
+def apply_platt_scaling(p_fake: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """sigmoid(slope * logit(p) + intercept): what the model outputs after fold_platt_scaling, without a
+    second pass over the images."""
+    p = np.clip(np.asarray(p_fake, np.float64), 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-(slope * np.log(p / (1 - p)) + intercept)))
+
+
 def fit_platt_scaling(p_fake: np.ndarray, labels: np.ndarray, steps: int = 2000) -> tuple[float, float]:
     """Fit (slope, intercept) minimising log loss of sigmoid(slope * logit(p) + intercept) on a held-out split."""
     p = np.clip(np.asarray(p_fake, np.float64), 1e-7, 1 - 1e-7)

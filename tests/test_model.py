@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stream_detector.model import build_model, fit_platt_scaling, fold_platt_scaling
+from stream_detector.model import apply_platt_scaling, build_model, fit_platt_scaling, fold_platt_scaling
 
 
 def test_reference_layer_stack_and_parameter_count():
@@ -40,4 +40,6 @@ def test_platt_scaling_recovers_a_known_miscalibration_and_folds_exactly():
     fold_platt_scaling(model, slope, intercept)
     after = np.asarray(model(batch, training=False)).reshape(-1)
     expected = 1 / (1 + np.exp(-(slope * np.log(before / (1 - before)) + intercept)))
+    # train.py derives the calibrated validation scores with apply_platt_scaling, not a second pass.
+    np.testing.assert_allclose(apply_platt_scaling(before, slope, intercept), expected, atol=1e-6)
     np.testing.assert_allclose(after, expected, atol=1e-5)
