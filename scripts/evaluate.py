@@ -111,7 +111,7 @@ class Predictor:
 
 
 def degrade(crop, condition, size: int):
-    from stream_detector.dataset import jpeg, resize_crop
+    from stream_detector.training.dataset import jpeg, resize_crop
 
     if condition is None:
         return resize_crop(crop, size)
@@ -127,13 +127,13 @@ def degrade(crop, condition, size: int):
 
 def load_folder(path: Path, arguments, keep: set[str] | None):
     """All faces under path (every real/fake folder inside it), optionally restricted to some files."""
-    from stream_detector.dataset import (
+    from stream_detector.training.dataset import (
         FAKE_CLASS_JPEG_QUALITY,
         find_class_folders,
         in_file_list,
         load_face_set,
     )
-    from stream_detector.reference import whole_image
+    from stream_detector.training.reference import whole_image
 
     sets = []
     for folder in find_class_folders(path):
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="evaluate: %(message)s")
     import numpy as np
 
-    from stream_detector.metrics import binary_metrics, reliability_bins, roc_curve
+    from stream_detector.training.metrics import binary_metrics, reliability_bins, roc_curve
 
     data = arguments.data or [str(DEFAULT_DATA)]
     keep = None
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     if arguments.plots:
-        from stream_detector.plots import plot_confusion_matrix, plot_reliability, plot_roc
+        from stream_detector.training.plots import plot_confusion_matrix, plot_reliability, plot_roc
 
         curves = {}
         for entry, result in report["sources"].items():

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="folder for the .tflite files (default: beside --model)")
     arguments = parser.parse_args(argv)
     os.environ["KERAS_BACKEND"] = "tensorflow"
-    from stream_detector.export import export_all
     from stream_detector.model import load_keras_model
+    from stream_detector.training.export import export_all
 
     model = load_keras_model(arguments.model)
     for name, path in export_all(model, arguments.out or arguments.model.parent).items():

@@ -21,17 +21,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-# The face detector models: mediapipe >= 0.10.30 ships none, 0.10.21's wheel carries both.
+# The face models (BlazeFace detectors, FaceMesh landmarks for training): mediapipe >= 0.10.30 ships
+# none, 0.10.21's wheel carries them. Their checksums live in one file, model/face_models.sha256,
+# which stream_detector/pipeline/faces.py reads too.
 models=model/face_detector
-declare -A SHA=(
-    [face_detection_full_range_sparse.tflite]=2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1
-    [face_detection_short_range.tflite]=bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8
-)
 verified() {
-    for name in "${!SHA[@]}"; do
-        [ -f "$models/$name" ] || return 1
-        [ "$(sha256sum "$models/$name" | cut -d' ' -f1)" = "${SHA[$name]}" ] || return 1
-    done
+    [ -d "$models" ] && (cd "$models" && sha256sum --quiet -c ../face_models.sha256 >/dev/null 2>&1)
 }
 if ! verified; then
     mkdir -p "$models" .cache/wheels
@@ -39,14 +34,15 @@ if ! verified; then
         --platform manylinux_2_28_x86_64 --python-version 3.11 \
         -d .cache/wheels "mediapipe==0.10.21"
     wheel=$(ls .cache/wheels/mediapipe-0.10.21-*.whl | head -n 1)
-    .venv/bin/python - "$wheel" "$models" <<'PY'
+    .venv/bin/python - "$wheel" "$models" model/face_models.sha256 <<'PY'
 import sys, zipfile, pathlib
-wheel, target = sys.argv[1], pathlib.Path(sys.argv[2])
+wheel, target, sums = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+wanted = {line.split()[1] for line in sums.read_text().splitlines() if line.strip()}
 with zipfile.ZipFile(wheel) as archive:
     for name in archive.namelist():
-        if name.startswith("mediapipe/modules/face_detection/") and name.endswith(".tflite"):
+        if pathlib.Path(name).name in wanted and name.startswith("mediapipe/modules/face_"):
             (target / pathlib.Path(name).name).write_bytes(archive.read(name))
 PY
-    verified || { echo "setup: face detector models in $models fail their checksum" >&2; exit 1; }
+    verified || { echo "setup: face models in $models fail their checksums (model/face_models.sha256)" >&2; exit 1; }
 fi
 echo "setup: ready (.venv, $models)"

@@ -24,10 +24,12 @@ import stream_detector  # noqa: E402,F401  (pylibsrtp before TensorFlow)
 from stream_detector.errors import StreamDetectorError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "faces"
-# The shipped model's recipe (model/MODEL_CARD.md): sized to finish within 75 minutes on 2 cores.
-LOW_EPOCHS = 10
-HIGH_EPOCHS = 5
+DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces"
+# faces/gan-b is never trained on: it is the cross-source check (scripts/evaluate.py).
+DEFAULT_DATA = [DEFAULT_FACES / "ffhq-tpdne", DEFAULT_FACES / "dfdc"]
+# The shipped model's recipe (model/MODEL_CARD.md): sized to finish within 120 minutes on 2 cores.
+LOW_EPOCHS = 8
+HIGH_EPOCHS = 1
 CONSISTENCY_WEIGHT = 0.5
 FALSE_ALARM_RATE = 0.01  # per real face, at the recorded FAKE threshold
 
@@ -37,7 +39,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data", action="append", type=Path, help=f"folder(s) with real/ and fake/ (default {DEFAULT_DATA})"
+        "--data",
+        action="append",
+        type=Path,
+        help="folder(s) with real/ and fake/ (default: ../shared/data/faces/ffhq-tpdne and dfdc)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "model", help="where the model files go")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="face-crop cache folder")
@@ -67,6 +72,36 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="weight of the loss that ties each view's score to its further-compressed twin's "
         "(stream_detector/training.py; 0 turns the pairs off)",
     )
+    parser.add_argument(
+        "--self-blend",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every real training face with FaceMesh landmarks comes with its self-blended twin as a "
+        "fake (stream_detector/training/blending.py)",
+    )
+    parser.add_argument(
+        "--match-sharpness",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="blur the sharper class of each source (train and validation) so both share one "
+        "sharpness distribution (stream_detector/training/augment.py)",
+    )
+    parser.add_argument(
+        "--without-fakes-of",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="leave this source's fakes out of training and validation (e.g. dfdc: the cross-method "
+        "model, which must find face swaps from self-blended images alone)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint written after every epoch (default: OUT/checkpoint.pkl)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its checkpoint"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument(
@@ -83,9 +118,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def source_folders(data: list[Path] | None) -> dict[str, Path]:
-    from stream_detector.dataset import find_class_folders
+    from stream_detector.training.dataset import find_class_folders
 
-    roots = data or [DEFAULT_DATA]
+    roots = data or DEFAULT_DATA
     folders: dict[str, Path] = {}
     for root in roots:
         if not root.exists():
@@ -104,7 +139,7 @@ def source_folders(data: list[Path] | None) -> dict[str, Path]:
 def merge(sets):
     import numpy as np
 
-    from stream_detector.dataset import FaceSet
+    from stream_detector.training.dataset import FaceSet
 
     return FaceSet(
         sets[0].name.split("/")[0],
@@ -114,6 +149,31 @@ def merge(sets):
         [group for faces in sets for group in faces.groups],
         tuple(file for faces in sets for file in faces.no_face_files),
     )
+
+
+def self_blended_validation(validation_sets: dict, cache: Path, seed: int):
+    """Validation reals beside one fixed self-blend each: how well the blends themselves are learned."""
+    import numpy as np
+
+    from stream_detector.training.blending import self_blend, usable_landmarks
+    from stream_detector.training.dataset import FaceSet
+    from stream_detector.training.landmarks import landmarks_for_crops
+
+    rng = np.random.default_rng(seed)
+    crops, labels, files = [], [], []
+    for name, faces in validation_sets.items():
+        reals = [i for i, label in enumerate(faces.labels) if label == 0][:300]
+        found = landmarks_for_crops(
+            [faces.crops[i] for i in reals], [faces.files[i] for i in reals], cache, name=f"{name}-validation"
+        )
+        for i, points in zip(reals, found, strict=True):
+            if usable_landmarks(points, faces.crops[i].shape):
+                crops += [faces.crops[i], self_blend(faces.crops[i], points, rng)]
+                labels += [0, 1]
+                files += [faces.files[i], faces.files[i] + "#blend"]
+    if not crops:
+        raise StreamDetectorError("--self-blend: no validation face has usable landmarks")
+    return FaceSet("sbi", crops, np.array(labels, np.int32), files, files, ())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from stream_detector.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set, relative_name
     from stream_detector.model import (
         KERAS_FILE,
         apply_platt_scaling,
@@ -139,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         fit_platt_scaling,
         fold_platt_scaling,
     )
-    from stream_detector.training import AugmentedBatches, Schedule, plain_batch, split_sources, train
+    from stream_detector.training.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set, relative_name
+    from stream_detector.training.loop import AugmentedBatches, Schedule, plain_batch, split_sources, train
 
     keras.utils.set_random_seed(arguments.seed)
     folders = source_folders(arguments.data)
-    roots = [Path(root).resolve() for root in (arguments.data or [DEFAULT_DATA])]
+    roots = [Path(root).resolve() for root in (arguments.data or DEFAULT_DATA)]
 
     def root_of(file: str) -> Path:
         return next((root for root in roots if Path(file).resolve().is_relative_to(root)), Path("/"))
@@ -171,13 +231,56 @@ def main(argv: list[str] | None = None) -> int:
             for name, faces in sources.items()
         }
     if arguments.reference:
-        from stream_detector.reference import reference_sources
+        from stream_detector.training.reference import reference_sources
 
         sources = reference_sources(sources)
     splits = split_sources(sources, seed=arguments.seed)
     for part in ("train", "validation", "test"):
         counts = {name: len(faces) for name, faces in getattr(splits, part).items()}
         print(f"split {part}: {counts}")
+    unknown = set(arguments.without_fakes_of) - set(sources)
+    if unknown:
+        raise StreamDetectorError(
+            f"--without-fakes-of {sorted(unknown)[0]}: no such source (have {sorted(sources)})"
+        )
+    train_sets, validation_sets = dict(splits.train), dict(splits.validation)
+    for name in arguments.without_fakes_of:
+        for sets in (train_sets, validation_sets):
+            kept = [i for i, label in enumerate(sets[name].labels) if label == 0]
+            sets[name] = sets[name].subset(kept)
+        del validation_sets[name]  # a set of one class chooses nothing
+        print(f"without fakes of {name}: {len(train_sets[name])} real training faces kept")
+    if arguments.match_sharpness and not arguments.reference:
+        from dataclasses import replace
+
+        from stream_detector.training.augment import match_sharpness
+
+        for sets in (train_sets, validation_sets):
+            for name, faces in sets.items():
+                crops, changed = match_sharpness(faces.crops, faces.labels)
+                sets[name] = replace(faces, crops=crops)
+                print(f"sharpness matched: {faces.name}: {changed} of {len(faces)} faces blurred")
+    landmarks = None
+    if arguments.self_blend and not arguments.reference:
+        from stream_detector.training.blending import usable_landmarks
+        from stream_detector.training.landmarks import landmarks_for_crops
+
+        landmarks = []
+        for name, faces in train_sets.items():
+            found = landmarks_for_crops(faces.crops, faces.files, arguments.cache, name=f"{name}-train")
+            usable = [
+                points if label == 0 and usable_landmarks(points, crop.shape) else None
+                for points, label, crop in zip(found, faces.labels, faces.crops, strict=True)
+            ]
+            reals = int(np.sum(faces.labels == 0))
+            print(f"self-blend: {name}: {sum(p is not None for p in usable)} of {reals} real faces blendable")
+            landmarks.extend(usable)
+        if not any(points is not None for points in landmarks):
+            raise StreamDetectorError(
+                "--self-blend: no real training face has usable landmarks (>= 48 px face)"
+            )
+        validation_sets["sbi"] = self_blended_validation(validation_sets, arguments.cache, arguments.seed)
+        print(f"self-blend: validation pairs (watched, not chosen on): {len(validation_sets['sbi'])} faces")
 
     if arguments.reference:
         schedule = Schedule(
@@ -205,20 +308,43 @@ def main(argv: list[str] | None = None) -> int:
         )
         model = build_model(input_size=None)
         batches = AugmentedBatches(
-            list(splits.train.values()),
+            list(train_sets.values()),
             arguments.batch_size,
             arguments.seed,
             paired=arguments.consistency_weight > 0,
+            landmarks=landmarks,
         )
-        result = train(model, batches, splits.validation, schedule, progress=not arguments.no_progress)
+        settings = {
+            "data": sorted(str(root) for root in roots),
+            "seed": arguments.seed,
+            "schedule": repr(schedule),
+            "batch_size": arguments.batch_size,
+            "self_blend": arguments.self_blend,
+            "match_sharpness": arguments.match_sharpness,
+            "without_fakes_of": sorted(arguments.without_fakes_of),
+            "limit": arguments.limit,
+        }
+        print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
+        result = train(
+            model,
+            batches,
+            validation_sets,
+            schedule,
+            progress=not arguments.no_progress,
+            checkpoint=arguments.checkpoint or arguments.out / "checkpoint.pkl",
+            resume=arguments.resume,
+            settings=settings,
+        )
 
     size = schedule.high_size
     shipped = build_model(input_size=size, unit_scale=arguments.reference)
     shipped.set_weights(model.get_weights())
     calibration = None
     if not arguments.reference:
-        validation_images = np.concatenate([plain_batch(faces, size) for faces in splits.validation.values()])
-        validation_labels = np.concatenate([faces.labels for faces in splits.validation.values()])
+        # Calibrated on the real methods' validation faces, not the self-blended ones.
+        calibration_sets = [faces for name, faces in validation_sets.items() if name != "sbi"]
+        validation_images = np.concatenate([plain_batch(faces, size) for faces in calibration_sets])
+        validation_labels = np.concatenate([faces.labels for faces in calibration_sets])
         raw = np.asarray(shipped.predict(validation_images, batch_size=64, verbose=0)).reshape(-1)
         slope, intercept = fit_platt_scaling(raw, validation_labels)
         fold_platt_scaling(shipped, slope, intercept)
@@ -246,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         "schedule": schedule.__dict__,
         "batch_size": arguments.batch_size,
         "equalise_compression": bool(arguments.equalise_compression and not arguments.reference),
+        "self_blend": bool(arguments.self_blend and not arguments.reference),
+        "match_sharpness": bool(arguments.match_sharpness and not arguments.reference),
+        "without_fakes_of": sorted(arguments.without_fakes_of),
         "calibration": calibration,
         "total_minutes": minutes,
         **result,
@@ -260,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (arguments.out / "training.json").write_text(json.dumps(record, indent=1))
     if keras.backend.backend() == "tensorflow":
-        from stream_detector.export import export_all
+        from stream_detector.training.export import export_all
 
         for name, path in export_all(shipped, arguments.out).items():
             print(f"export: {name} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")

@@ -20,17 +20,19 @@ import numpy as np
 from stream_detector.errors import ModelError
 from stream_detector.types import FaceDetector, Faces, Frame
 
-DETECTOR_MODELS = {
-    "full": (
-        "face_detection_full_range_sparse.tflite",
-        "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
-    ),
-    "short": (
-        "face_detection_short_range.tflite",
-        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
-    ),
+DETECTOR_FILES = {
+    "full": "face_detection_full_range_sparse.tflite",
+    "short": "face_detection_short_range.tflite",
 }
 DetectorRange = Literal["full", "short"]
+# SHA-256 of every face model, one line each: scripts/setup.sh checks the same file.
+CHECKSUM_FILE = Path(__file__).resolve().parent.parent / "model" / "face_models.sha256"
+
+
+def face_model_checksums() -> dict[str, str]:
+    """file name -> SHA-256 from model/face_models.sha256."""
+    lines = CHECKSUM_FILE.read_text().splitlines()
+    return {line.split()[1]: line.split()[0] for line in lines if line.strip()}
 
 
 def detector_model_dir() -> Path:
@@ -40,17 +42,21 @@ def detector_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "model" / "face_detector"
 
 
-def detector_model_path(model_range: DetectorRange) -> Path:
-    """The verified path of a BlazeFace model, or a ModelError that says how to provision it."""
-    if model_range not in DETECTOR_MODELS:
-        raise ModelError(f"face detector range must be 'full' or 'short', not {model_range!r}")
-    name, expected = DETECTOR_MODELS[model_range]
+def face_model_path(name: str) -> Path:
+    """The verified path of one face model file, or a ModelError that says how to provision it."""
     path = detector_model_dir() / name
     if not path.is_file():
-        raise ModelError(f"face detector model missing: {path} (run scripts/setup.sh to provision it)")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-        raise ModelError(f"face detector model corrupt (checksum mismatch): {path} (rerun scripts/setup.sh)")
+        raise ModelError(f"face model missing: {path} (run scripts/setup.sh to provision it)")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != face_model_checksums()[name]:
+        raise ModelError(f"face model corrupt (checksum mismatch): {path} (rerun scripts/setup.sh)")
     return path
+
+
+def detector_model_path(model_range: DetectorRange) -> Path:
+    """The verified path of a BlazeFace model, or a ModelError that says how to provision it."""
+    if model_range not in DETECTOR_FILES:
+        raise ModelError(f"face detector range must be 'full' or 'short', not {model_range!r}")
+    return face_model_path(DETECTOR_FILES[model_range])
 
 
 class MediaPipeFaceDetector:

@@ -1,7 +1,7 @@
 import numpy as np
 
-from stream_detector.augment import augment, degraded_view
-from stream_detector.dataset import is_lossless_file, jpeg
+from stream_detector.training.augment import augment, degraded_view
+from stream_detector.training.dataset import is_lossless_file, jpeg
 
 
 def test_augment_gives_model_sized_uint8_views_that_vary():

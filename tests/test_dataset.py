@@ -2,8 +2,14 @@ import cv2
 import numpy as np
 import pytest
 
-from stream_detector.dataset import decode_image, find_class_folders, list_images, native_crop, split_by_group
 from stream_detector.errors import StreamDetectorError
+from stream_detector.training.dataset import (
+    decode_image,
+    find_class_folders,
+    list_images,
+    native_crop,
+    split_by_group,
+)
 
 
 def write_image(path, image):
@@ -52,7 +58,7 @@ def test_native_crop_follows_the_shared_convention():
 
 
 def test_split_lists_survive_moving_the_data(tmp_path):
-    from stream_detector.dataset import in_file_list, relative_name
+    from stream_detector.training.dataset import in_file_list, relative_name
 
     name = relative_name(tmp_path / "data" / "dfdc" / "real" / "a.jpg", tmp_path / "data")
     assert name == "dfdc/real/a.jpg"
@@ -64,7 +70,7 @@ def test_split_lists_survive_moving_the_data(tmp_path):
 def test_equalising_gives_a_lossless_file_the_exact_history_of_a_jpeg_75_file(tmp_path):
     # The shortcut trap at its root: the same picture saved as PNG (real) and as JPEG-75 (fake)
     # must reach training as the same pixels, so compression says nothing about the label.
-    from stream_detector.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set
+    from stream_detector.training.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set
 
     picture = cv2.GaussianBlur(np.random.default_rng(4).integers(0, 256, (128, 128, 3), np.uint8), (0, 0), 2)
     write_image(tmp_path / "set" / "real" / "a.png", picture)
@@ -82,7 +88,7 @@ def test_equalising_gives_a_lossless_file_the_exact_history_of_a_jpeg_75_file(tm
 
 @pytest.mark.slow
 def test_a_split_counts_only_its_own_images_without_a_face(tmp_path):
-    from stream_detector.dataset import load_face_set, relative_name
+    from stream_detector.training.dataset import load_face_set, relative_name
 
     noise = np.random.default_rng(5).integers(0, 256, (64, 64, 3), np.uint8)
     for name in ("real/a.png", "real/b.png", "fake/c.png"):

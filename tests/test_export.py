@@ -5,7 +5,7 @@ import pytest
 
 from stream_detector.classifier import load_classifier
 from stream_detector.crops import crop_face
-from stream_detector.dataset import jpeg
+from stream_detector.training.dataset import jpeg
 from tests.conftest import REPO, shared_data
 
 pytestmark = pytest.mark.slow
@@ -46,8 +46,8 @@ def test_batched_and_single_calls_agree(classifiers, face_crops):
 
 
 def test_export_auc_matches_keras_on_held_out_faces(classifiers):
-    from stream_detector.dataset import load_face_set, resize_crop
-    from stream_detector.metrics import roc_auc
+    from stream_detector.training.dataset import load_face_set, resize_crop
+    from stream_detector.training.metrics import roc_auc
 
     folder = shared_data("faces", "dfdc")
     faces = load_face_set(folder, no_face="whole", cache_dir=REPO / ".cache", progress=False)

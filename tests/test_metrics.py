@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from stream_detector.metrics import binary_metrics, reliability_bins, roc_auc, roc_curve
+from stream_detector.training.metrics import binary_metrics, reliability_bins, roc_auc, roc_curve
 
 
 def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_detector.metrics import binary_metrics, reliability_bins, roc_auc, roc_curve
-from stream_detector.plots import plot_confusion_matrix, plot_reliability, plot_roc
+from stream_detector.training.metrics import binary_metrics, reliability_bins, roc_auc, roc_curve
+from stream_detector.training.plots import plot_confusion_matrix, plot_reliability, plot_roc
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

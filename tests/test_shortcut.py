@@ -5,7 +5,7 @@ import pytest
 
 from stream_detector.classifier import load_classifier
 from stream_detector.crops import crop_face
-from stream_detector.dataset import in_file_list, jpeg, load_face_set, resize_crop
+from stream_detector.training.dataset import in_file_list, jpeg, load_face_set, resize_crop
 from tests.conftest import REPO, shared_data
 
 pytestmark = pytest.mark.slow

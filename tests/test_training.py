@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from stream_detector.dataset import FaceSet
-from stream_detector.training import AugmentedBatches, Schedule, paired_loss
+from stream_detector.training.dataset import FaceSet
+from stream_detector.training.loop import AugmentedBatches, Schedule, paired_loss
 
 
 def face_set(count: int, seed: int = 0) -> FaceSet:
@@ -62,7 +62,7 @@ def test_paired_loss_adds_the_weighted_squared_logit_gap_to_cross_entropy():
 
 def test_training_refuses_a_consistency_weight_without_pairs_and_the_reverse():
     from stream_detector.model import build_model
-    from stream_detector.training import train
+    from stream_detector.training.loop import train
 
     model = build_model(input_size=None)
     unpaired = AugmentedBatches([face_set(8)], batch_size=4, seed=0)
@@ -71,7 +71,7 @@ def test_training_refuses_a_consistency_weight_without_pairs_and_the_reverse():
 
 
 def test_consistency_ramps_from_off_to_full_between_its_two_fractions_of_training():
-    from stream_detector.training import ramp
+    from stream_detector.training.loop import ramp
 
     values = [ramp(step, 100, 0.5, 0.75) for step in (0, 50, 55, 62, 75, 99)]
     assert values[0] == values[1] == 0.0

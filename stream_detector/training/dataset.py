@@ -45,6 +45,9 @@ class FaceSet:
     # Every file of the folder in which no face was found, kept whole or skipped: a subset (a split)
     # counts its own with no_face_in.
     no_face_files: tuple[str, ...]
+    # Files that could not be decoded, skipped (load_face_set(unreadable="skip")); a default so caches
+    # written before this field existed still load.
+    unreadable_files: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,6 +69,7 @@ class FaceSet:
             [self.files[i] for i in indices],
             [self.groups[i] for i in indices],
             self.no_face_files,
+            self.unreadable_files,
         )
 
 
@@ -160,6 +164,7 @@ def load_face_set(
     progress: bool = True,
     name: str | None = None,
     equalise_quality: int | None = None,
+    unreadable: str = "skip",
 ) -> FaceSet:
     """Decode, detect and crop every image of a real/fake folder.
 
@@ -169,7 +174,11 @@ def load_face_set(
     and before the face is found and cut, exactly as the JPEG files of the other class were made.
     Then "was this ever compressed?" and the phase of the 8x8 grid inside the crop say nothing about
     the label (training and checkpoint choice; never for evaluating what a user gives us).
+    ``unreadable``: a file that does not decode is ``skip``ped and counted (``unreadable_files``, one
+    warning line for the folder), or stops everything with an ``error`` naming it.
     """
+    if unreadable not in ("skip", "error"):
+        raise ValueError(f"unreadable must be 'skip' or 'error', not {unreadable!r}")
     folder = Path(folder)
     items = list_images(folder)
     groups = read_groups(folder)
@@ -192,17 +201,27 @@ def load_face_set(
     cache_path = Path(cache_dir) / f"faces-{folder.name}-{key}.pkl" if cache_dir else None
     if cache_path and cache_path.is_file():
         with cache_path.open("rb") as handle:
-            return pickle.load(handle)
+            cached = _CacheUnpickler(handle).load()
+        if cached.unreadable_files and unreadable == "error":
+            raise StreamDetectorError(f"unreadable image: {cached.unreadable_files[0]}")
+        _warn_unreadable(folder, cached.unreadable_files)
+        return cached
 
     from tqdm import tqdm
 
     finder = StillFaceFinder()
-    crops, labels, files, file_groups, missing = [], [], [], [], []
+    crops, labels, files, file_groups, missing, undecoded = [], [], [], [], [], []
     try:
         for path, label in tqdm(
             items, desc=f"faces {folder.name}", unit="img", disable=not progress, leave=False
         ):
-            image = decode_image(path)
+            try:
+                image = decode_image(path)
+            except StreamDetectorError:
+                if unreadable == "error":
+                    raise
+                undecoded.append(str(path))
+                continue
             if path in lossless:
                 image = jpeg_bgr(image, equalise_quality)
             box = finder.find(image)
@@ -224,8 +243,15 @@ def load_face_set(
         if label not in labels:
             raise StreamDetectorError(f"{folder / class_name}: no usable face images")
     result = FaceSet(
-        name or folder.name, crops, np.array(labels, np.int32), files, file_groups, tuple(missing)
+        name or folder.name,
+        crops,
+        np.array(labels, np.int32),
+        files,
+        file_groups,
+        tuple(missing),
+        tuple(undecoded),
     )
+    _warn_unreadable(folder, result.unreadable_files)
     if cache_path:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache_path.with_suffix(".tmp")
@@ -233,6 +259,27 @@ def load_face_set(
             pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
         temporary.replace(cache_path)
     return result
+
+
+def _warn_unreadable(folder: Path, files: tuple[str, ...]) -> None:
+    if files:
+        names = ", ".join(Path(file).name for file in files[:3])
+        log.warning(
+            "%s: %d unreadable image(s) skipped (%s%s)",
+            folder,
+            len(files),
+            names,
+            ", ..." if len(files) > 3 else "",
+        )
+
+
+class _CacheUnpickler(pickle.Unpickler):
+    """Reads caches written before the training modules moved into ``stream_detector.training``."""
+
+    def find_class(self, module: str, name: str):
+        if module == "stream_detector.dataset":
+            module = __name__
+        return super().find_class(module, name)
 
 
 def split_by_group(groups: list[str], fractions: dict[str, float], seed: int = 0) -> dict[str, list[int]]:

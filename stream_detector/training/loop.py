@@ -6,18 +6,22 @@ Backend-agnostic Keras 3 (TensorFlow on the CPU, JAX on a GPU); nothing here imp
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from stream_detector.augment import augment, degraded_view
 from stream_detector.crops import CROP_SIZE
-from stream_detector.dataset import FaceSet, resize_crop, split_by_group
-from stream_detector.metrics import binary_metrics
+from stream_detector.errors import StreamDetectorError
+from stream_detector.training.augment import augment, degraded_view
+from stream_detector.training.dataset import FaceSet, resize_crop, split_by_group
+from stream_detector.training.metrics import binary_metrics
 
 SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
+MONITOR_ONLY_PREFIX = "sbi"
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,12 @@ def plain_batch(faces: FaceSet, size: int) -> np.ndarray:
 
 
 class AugmentedBatches:
-    """An endless stream of shuffled, augmented, class-mixed batches from several sources."""
+    """An endless stream of shuffled, augmented, class-mixed batches from several sources.
+
+    With ``landmarks`` (aligned with the sources' crops, None where a face has none), every real face
+    that has them comes with its self-blended twin (blending.self_blend, label fake) right after it in
+    the same batch, both through the very same augmentation: the pair differs only by the blend.
+    """
 
     def __init__(
         self,
@@ -55,6 +64,7 @@ class AugmentedBatches:
         seed: int,
         augmented: bool = True,
         paired: bool = False,
+        landmarks: list[np.ndarray | None] | None = None,
     ) -> None:
         """``augmented=False`` feeds the crops as they are, only resized (the reference recipe).
         ``paired``: each batch is batch_size / 2 augmented views followed by the same views degraded
@@ -63,35 +73,84 @@ class AugmentedBatches:
             raise ValueError("paired batches need an even batch size and augmentation")
         self._crops = [crop for faces in sources for crop in faces.crops]
         self._labels = np.concatenate([faces.labels for faces in sources]).astype(np.float32)
+        if landmarks is not None and len(landmarks) != len(self._crops):
+            raise ValueError(f"{len(landmarks)} landmark entries for {len(self._crops)} crops")
+        if landmarks is not None and (batch_size % 4 if paired else batch_size % 2):
+            raise ValueError(
+                "self-blended pairs need a batch size divisible by 2 (by 4 with consistency pairs)"
+            )
+        self._landmarks = landmarks
         self.batch_size = batch_size
         self.paired = paired
         self._augmented = augmented
         self._rng = np.random.default_rng(seed)
+        # What one epoch is made of: (index, blended) per image; a blend follows its real.
+        blendable = (
+            {i for i, points in enumerate(landmarks) if points is not None and self._labels[i] == 0}
+            if landmarks is not None
+            else set()
+        )
+        self.blended_pairs = len(blendable)
+        self._units = [
+            [(i, False), (i, True)] if i in blendable else [(i, False)] for i in range(len(self._crops))
+        ]
 
     def __len__(self) -> int:
-        return len(self._labels)
+        return len(self._labels) + self.blended_pairs
+
+    @property
+    def rng_state(self) -> dict:
+        return self._rng.bit_generator.state
+
+    @rng_state.setter
+    def rng_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
 
     @property
     def steps_per_epoch(self) -> int:
         """Steps of batch_size inputs per epoch: the same compute per epoch paired or not (a paired
         epoch sees a fresh random half of the faces, each twice)."""
-        return len(self._labels) // self.batch_size
+        return len(self) // self.batch_size
+
+    def _epoch_order(self) -> list[tuple[int, bool]]:
+        order = self._rng.permutation(len(self._units))
+        pairs = [self._units[i] for i in order if len(self._units[i]) == 2]
+        singles = [self._units[i][0] for i in order if len(self._units[i]) == 1]
+        # Singles two by two, so that every unit is two images and no real/blend pair straddles batches.
+        units = pairs + [singles[i : i + 2] for i in range(0, len(singles) - 1, 2)]
+        return [item for position in self._rng.permutation(len(units)) for item in units[position]]
+
+    def _view(self, index: int, blended: bool, size: int, seed: int) -> np.ndarray:
+        crop = self._crops[index]
+        if blended:
+            from stream_detector.training.blending import self_blend
+
+            crop = self_blend(crop, self._landmarks[index], np.random.default_rng(seed + 1))
+        # The same seed for a real and its blend: the same augmentation, decision for decision.
+        rng = np.random.default_rng(seed)
+        return augment(crop, rng, size) if self._augmented else resize_crop(crop, size)
 
     def epoch(self, size: int, patches: bool = False, pairs: bool = True):
         """One epoch in random order. ``patches``: random size x size windows of the 224 px crop, so the
         convolutions learn at the pixel scale they will see in production, for a fraction of the cost.
         ``pairs=False`` makes plain batches from paired ones, for epochs with no consistency term."""
         paired = self.paired and pairs
-        order = self._rng.permutation(len(self._labels))
+        items = self._epoch_order()
         full = CROP_SIZE if patches else size
         per_step = self.batch_size // 2 if paired else self.batch_size
         for step in range(self.steps_per_epoch):
-            chosen = order[step * per_step : (step + 1) * per_step]
-            if self._augmented:
-                images = [augment(self._crops[i], self._rng, full) for i in chosen]
-            else:
-                images = [resize_crop(self._crops[i], full) for i in chosen]
-            labels = self._labels[chosen]
+            chosen = items[step * per_step : (step + 1) * per_step]
+            if len(chosen) < per_step:
+                break
+            seeds = self._rng.integers(0, 2**62, len(chosen))
+            shared = {}  # a real and its blend share one seed
+            images = []
+            for (index, blended), seed in zip(chosen, seeds, strict=True):
+                seed = shared.setdefault(index, int(seed))
+                images.append(self._view(index, blended, full, seed))
+            labels = np.array(
+                [1.0 if blended else self._labels[index] for index, blended in chosen], np.float32
+            )
             if paired:
                 images = images + [degraded_view(image, self._rng) for image in images]
                 labels = np.concatenate([labels, labels])
@@ -103,6 +162,47 @@ class AugmentedBatches:
                     image[y : y + size, x : x + size] for image, (y, x) in zip(images, offsets, strict=True)
                 ]
             yield np.stack(images).astype(np.float32), labels.reshape(-1, 1)
+
+
+def prefetched(batches, depth: int = 3):
+    """Make the batches of a generator on a second thread while the model trains on the last ones
+    (OpenCV and NumPy release the GIL for most of the augmentation)."""
+    import queue
+    import threading
+
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def fill() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put(batch, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as error:  # surfaced to the consumer, not lost on a thread
+            slots.put(error)
+            return
+        slots.put(done)
+
+    thread = threading.Thread(target=fill, name="batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def paired_loss(consistency_weight, label_smoothing: float = 0.02):
@@ -170,7 +270,10 @@ def validation_score(
     for name, faces in validation.items():
         scores = predict(plain_batch(faces, size))
         report[name] = binary_metrics(faces.labels, scores)
-    report["mean_auc"] = float(np.mean([report[name]["roc_auc"] for name in validation]))
+    # Self-blended validation pairs are watched, never chosen on: a checkpoint that fits its own
+    # blends best is the one that over-learned them (model card, the SBI probe).
+    chosen_on = [name for name in validation if not name.startswith(MONITOR_ONLY_PREFIX)] or list(validation)
+    report["mean_auc"] = float(np.mean([report[name]["roc_auc"] for name in chosen_on]))
     return report
 
 
@@ -181,8 +284,16 @@ def train(
     schedule: Schedule,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    settings: dict | None = None,
 ) -> dict:
-    """Train in place; restore the weights of the epoch with the best mean validation AUC."""
+    """Train in place; restore the weights of the epoch with the best mean validation AUC.
+
+    ``checkpoint``: a file written after every epoch (weights, optimizer state, the batches' random
+    state, history, the best epoch so far, and ``settings``); ``resume`` continues from it, after the
+    last finished epoch, and refuses a checkpoint made with other settings.
+    """
     import keras
     from tqdm import tqdm
 
@@ -197,6 +308,18 @@ def train(
     steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * len(schedule.sizes())
     step, best, history, started = 0, None, [], time.time()
+    first_epoch, minutes_before = 1, 0.0
+    if resume:
+        state = load_checkpoint(checkpoint, settings or {})
+        optimizer.build(model.trainable_variables)
+        model.set_weights(state["weights"])
+        for variable, value in zip(optimizer.variables, state["optimizer"], strict=True):
+            variable.assign(value)
+        batches.rng_state = state["rng_state"]
+        step, history, first_epoch = state["step"], state["history"], state["epoch"] + 1
+        best = state["best"]
+        minutes_before = state["minutes"]
+        log(f"resume: {checkpoint} after epoch {state['epoch']} (step {step})")
     sample_rng = np.random.default_rng(0)
     sampled = {
         name: faces.subset(sorted(sample_rng.permutation(len(faces))[:400]))
@@ -208,13 +331,17 @@ def train(
         return np.concatenate(outputs).reshape(-1)
 
     for epoch, size in enumerate(schedule.sizes(), start=1):
+        if epoch < first_epoch:
+            continue
         losses = []
         bar = tqdm(
             # Before the consistency term starts, each step spends its batch on distinct faces.
-            batches.epoch(
-                size,
-                patches=schedule.patches,
-                pairs=ramp(step + steps_per_epoch, total_steps, *schedule.consistency_ramp) > 0,
+            prefetched(
+                batches.epoch(
+                    size,
+                    patches=schedule.patches,
+                    pairs=ramp(step + steps_per_epoch, total_steps, *schedule.consistency_ramp) > 0,
+                )
             ),
             total=steps_per_epoch,
             desc=f"epoch {epoch} @{size}px",
@@ -242,7 +369,7 @@ def train(
             "consistency_weight": float(keras.ops.convert_to_numpy(consistency)),
             "validation_mean_auc": report["mean_auc"],
             **{f"validation_auc_{name}": report[name]["roc_auc"] for name in validation},
-            "minutes": (time.time() - started) / 60,
+            "minutes": minutes_before + (time.time() - started) / 60,
         }
         history.append(entry)
         log(
@@ -253,10 +380,59 @@ def train(
         )
         if checked is validation and (best is None or report["mean_auc"] >= best[0]):
             best = (report["mean_auc"], epoch, [weight.copy() for weight in model.get_weights()])
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                {
+                    "settings": settings or {},
+                    "epoch": epoch,
+                    "step": step,
+                    "weights": model.get_weights(),
+                    "optimizer": [np.asarray(keras.ops.convert_to_numpy(v)) for v in optimizer.variables],
+                    "rng_state": batches.rng_state,
+                    "history": history,
+                    "best": best,
+                    "minutes": entry["minutes"],
+                },
+            )
+    if best is None:
+        raise StreamDetectorError("training ran no epoch that the checkpoint could be chosen from")
     model.set_weights(best[2])
     return {
         "history": history,
         "best_epoch": best[1],
         "best_validation_mean_auc": best[0],
-        "minutes": (time.time() - started) / 60,
+        "minutes": minutes_before + (time.time() - started) / 60,
     }
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: an interrupted write never replaces the last good checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    with temporary.open("wb") as handle:
+        pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    temporary.replace(path)
+
+
+def load_checkpoint(path: Path | None, settings: dict) -> dict:
+    """A checkpoint to resume from; one-line errors for a missing or corrupt file or other settings."""
+    if path is None or not Path(path).is_file():
+        raise StreamDetectorError(f"--resume: no checkpoint at {path}")
+    try:
+        with Path(path).open("rb") as handle:
+            state = pickle.load(handle)
+        state["weights"], state["epoch"]  # noqa: B018 - the keys every checkpoint has
+    except Exception as error:
+        raise StreamDetectorError(
+            f"--resume: checkpoint {path} is corrupt ({type(error).__name__})"
+        ) from None
+    saved = state.get("settings", {})
+    for key in sorted(set(saved) | set(settings)):
+        if saved.get(key) != settings.get(key):
+            raise StreamDetectorError(
+                f"--resume: checkpoint {path} was made with {key}={saved.get(key)!r}, "
+                f"this run has {key}={settings.get(key)!r}"
+            )
+    return state

@@ -15,7 +15,9 @@ import cv2
 import numpy as np
 
 from stream_detector.crops import CROP_SIZE
-from stream_detector.dataset import jpeg, resize_crop
+from stream_detector.training.blending import sharpen
+from stream_detector.training.confounds import laplacian_variance
+from stream_detector.training.dataset import jpeg, resize_crop
 
 
 def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZE) -> np.ndarray:
@@ -39,8 +41,12 @@ def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZ
         if rng.random() < 0.5
         else cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     )
-    if rng.random() < 0.2:
+    sharpness_change = rng.random()
+    if sharpness_change < 0.2:
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.4))
+    elif sharpness_change < 0.35:
+        # Both classes are sharpened as often as blurred: sharpness must say nothing about the label.
+        image = sharpen(image, amount=float(rng.uniform(0.3, 1.2)))
     if rng.random() < 0.5:
         image = _colour_jitter(image, rng)
     if rng.random() < 0.2:
@@ -54,9 +60,53 @@ def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZ
 
 
 def degraded_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The same view after one more JPEG pass, as a re-encoding stream gives it. Its score should not
-    move (the consistency pair in training.AugmentedBatches)."""
-    return jpeg(np.ascontiguousarray(image), int(rng.integers(30, 91)))
+    """The same view after one more JPEG pass, as a re-encoding stream gives it, sometimes blurred or
+    scaled down and up first (a softer camera, a farther face). Its score should not move (the
+    consistency pair in training.loop.AugmentedBatches)."""
+    image = np.ascontiguousarray(image)
+    change = rng.random()
+    if change < 0.2:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.5))
+    elif change < 0.4:
+        side = image.shape[0]
+        small = max(16, int(side / rng.uniform(1.5, 3.0)))
+        image = cv2.resize(cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), (side, side))
+    return jpeg(image, int(rng.integers(30, 91)))
+
+
+def match_sharpness(crops: list[np.ndarray], labels: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """Blur the sharper class so both classes of one source share a sharpness distribution.
+
+    Quantile matching: the image at quantile q of the sharper class is blurred (Gaussian, sigma found
+    by bisection) down to the Laplacian variance of quantile q of the other class, where it is above
+    it. Sharpness then says nothing about the label in training (ffhq-tpdne: reals 934 vs fakes 513;
+    DFDC 68 vs 48), and the model has to find the manipulation. Returns the crops and how many changed.
+    """
+    labels = np.asarray(labels)
+    values = np.array([laplacian_variance(crop) for crop in crops])
+    if len(set(labels.tolist())) < 2:
+        return list(crops), 0
+    sharper = int(np.median(values[labels == 1]) > np.median(values[labels == 0]))
+    target_values = np.sort(values[labels != sharper])
+    indices = np.flatnonzero(labels == sharper)
+    order = indices[np.argsort(values[indices], kind="mergesort")]
+    matched, changed = list(crops), 0
+    for rank, index in enumerate(order):
+        quantile = (rank + 0.5) / len(order)
+        target = float(np.quantile(target_values, quantile))
+        if values[index] <= target:
+            continue
+        low, high = 0.0, 3.0
+        for _ in range(10):
+            sigma = (low + high) / 2.0
+            if laplacian_variance(cv2.GaussianBlur(crops[index], (0, 0), sigma)) > target:
+                low = sigma
+            else:
+                high = sigma
+        if high > 0.05:
+            matched[index] = cv2.GaussianBlur(crops[index], (0, 0), high)
+            changed += 1
+    return matched, changed
 
 
 def _colour_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

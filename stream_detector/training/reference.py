@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cv2
 
-from stream_detector.dataset import FaceSet, decode_image
+from stream_detector.training.dataset import FaceSet, decode_image
 
 REFERENCE_SOURCE = "ffhq-tpdne"
 REFERENCE_SIZE = 128
