@@ -33,10 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import stream_detector  # noqa: E402,F401  (pylibsrtp before TensorFlow)
-from stream_detector.engine import EngineSettings, build_engine, monotonic_ms  # noqa: E402
-from stream_detector.overlay import draw  # noqa: E402
-from stream_detector.sources import LatestFrameReader, VideoFileSource  # noqa: E402
-from stream_detector.types import Frame, Stats  # noqa: E402
+from stream_detector.pipeline.engine import EngineSettings, build_engine, monotonic_ms  # noqa: E402
+from stream_detector.pipeline.overlay import draw  # noqa: E402
+from stream_detector.pipeline.sources import LatestFrameReader, VideoFileSource  # noqa: E402
+from stream_detector.pipeline.types import Frame, Stats  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30.0
 TARGETS = {"fps_720p_1face": 60.0, "speedup_vs_baseline": 6.0, "latency_p95_ms": 50.0}
@@ -46,7 +46,7 @@ def make_clip(directory: Path, faces: int, frames: int) -> Path:
     import cv2
     import skimage.data
 
-    from tests.media import grid_faces_frames, write_video
+    from tools.media import grid_faces_frames, write_video
 
     astronaut = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
     images = grid_faces_frames(astronaut, frames, WIDTH, HEIGHT, faces)
@@ -165,8 +165,8 @@ def baseline(clip: Path, frames: int) -> dict:
     """The reference project's loop: decode, Haar cascade, keras model.predict per frame, one thread."""
     import cv2
 
-    from stream_detector.crops import crop_face
-    from stream_detector.model import load_keras_model
+    from stream_detector.pipeline.crops import crop_face
+    from stream_detector.pipeline.model import load_keras_model
 
     model = load_keras_model()
     cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/benchmark_daemon.py --cameras 4 8 12 --seconds 60 --json bench.json
 
-For each camera count: one real GStreamer RTSP server on 127.0.0.1 (tests/rtsp_server.py, Debian's
+For each camera count: one real GStreamer RTSP server on 127.0.0.1 (tools/rtsp_server.py, Debian's
 python3) serves a pre-encoded 720p H.264 clip of a real face (the astronaut photo, or ``--clip`` e.g. a
 clip from ../shared/data/videos) to N cameras; the daemon runs as its own process
 (``stream-detector daemon``), and its /metrics and /proc figures are sampled after a warm-up.
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import stream_detector  # noqa: E402,F401  (pylibsrtp before anything that loads TensorFlow)
-from tests.rtsp_server import RtspServerProcess, system_gstreamer_problem, write_face_frames  # noqa: E402
+from tools.rtsp_server import RtspServerProcess, system_gstreamer_problem, write_face_frames  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -43,7 +43,7 @@ def make_clip(directory: Path, size: tuple[int, int], fps: int, seconds: float, 
     import cv2
     import skimage.data
 
-    from tests.media import head_patch
+    from tools.media import head_patch
 
     width, height = size
     loop = directory / "loop.mp4"
@@ -92,7 +92,7 @@ def make_clip(directory: Path, size: tuple[int, int], fps: int, seconds: float, 
 
 
 def free_port() -> int:
-    from tests.rtsp_server import free_port as pick
+    from tools.rtsp_server import free_port as pick
 
     return pick()
 

@@ -34,9 +34,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 import stream_detector  # noqa: E402,F401  (pylibsrtp first)
-from stream_detector.webrtc.client import StampedTrack, frame_stamp, read_frames, start_call  # noqa: E402
 from stream_detector.webrtc.ice import restrict_host_addresses  # noqa: E402
 from stream_detector.webrtc.latency import marker_frame_assembly  # noqa: E402
+from tools.webrtc_client import StampedTrack, frame_stamp, read_frames, start_call  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
 

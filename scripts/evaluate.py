@@ -9,6 +9,10 @@ precision, recall, F1, confusion matrix, ROC-AUC, EER, TPR at 1% FPR, Brier scor
 --robustness, the same after JPEG re-compression at quality 90/70/50 and after a 112 px round trip.
 --split test keeps only the files that training set aside as its test split (model/training.json).
 --equalise-compression gives lossless files the JPEG-75 history of the fakes first, as training does.
+Every folder also gets a confound audit (stream_detector/training/confounds.py): per image statistic
+(sharpness, blockiness, face size, brightness, saturation) its own AUC, the model's AUC within its
+strata and the model's within-class Spearman correlation with it. Unreadable images are skipped and
+counted (--unreadable error stops instead).
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ CONDITIONS = {
     "jpeg70": ("jpeg", 70),
     "jpeg50": ("jpeg", 50),
     "downscale112": ("downscale", 112),
+    # The sharpness shortcut's tests: a blurrier real face must not look fake, a sharper fake not real.
+    "blur1": ("blur", 1.0),
+    "blur2": ("blur", 2.0),
+    "downup2": ("downup", 2),
+    "downup3": ("downup", 3),
+    "sharpen": ("sharpen", 1.0),
 }
 
 
@@ -74,6 +84,17 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="JPEG-compress lossless files whole at quality 75 before their faces are cut, as training "
         "does: in ffhq-tpdne this scores the faces with no PNG-vs-JPEG difference left to exploit",
     )
+    parser.add_argument(
+        "--unreadable",
+        choices=["skip", "error"],
+        default="skip",
+        help="an image that does not decode: skip and count it (default, listed in the JSON), or stop",
+    )
+    parser.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="leave out the confound audit (it costs a pass over the crops)",
+    )
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, default=REPO / ".cache")
     parser.add_argument("--no-progress", action="store_true")
@@ -89,13 +110,13 @@ class Predictor:
         if not path.is_file():
             raise ModelError(f"model file missing: {path}")
         if path.suffix == ".tflite":
-            from stream_detector.classifier import LiteRTClassifier
+            from stream_detector.pipeline.classifier import LiteRTClassifier
 
             self._classifier = LiteRTClassifier(path, name=path.stem)
             self.size = 224
         else:
-            from stream_detector.classifier import KerasClassifier
-            from stream_detector.model import load_keras_model
+            from stream_detector.pipeline.classifier import KerasClassifier
+            from stream_detector.pipeline.model import load_keras_model
 
             self._classifier = KerasClassifier(model=load_keras_model(path))
             self.size = self._classifier.size
@@ -116,10 +137,21 @@ def degrade(crop, condition, size: int):
     if condition is None:
         return resize_crop(crop, size)
     kind, value = condition
+    import cv2
+
     if kind == "jpeg":
         # Compress at the face's native resolution, as a re-encoded upload or stream would.
         return resize_crop(jpeg(crop, value), size)
-    import cv2
+    if kind == "blur":
+        return resize_crop(cv2.GaussianBlur(crop, (0, 0), value), size)
+    if kind == "downup":
+        side = crop.shape[0]
+        small = cv2.resize(crop, (max(8, side // value),) * 2, interpolation=cv2.INTER_AREA)
+        return resize_crop(cv2.resize(small, (side, side), interpolation=cv2.INTER_LINEAR), size)
+    if kind == "sharpen":
+        from stream_detector.training.blending import sharpen
+
+        return resize_crop(sharpen(crop, amount=value), size)
 
     small = cv2.resize(resize_crop(crop, size), (value, value), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -143,6 +175,7 @@ def load_folder(path: Path, arguments, keep: set[str] | None):
             cache_dir=arguments.cache,
             progress=not arguments.no_progress,
             equalise_quality=FAKE_CLASS_JPEG_QUALITY if arguments.equalise_compression else None,
+            unreadable=arguments.unreadable,
         )
         if keep is not None:
             faces = faces.subset([i for i, file in enumerate(faces.files) if in_file_list(file, keep)])
@@ -187,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         # Images of this evaluation (this split, with --split) in which no face was found.
         result = {"images": int(len(labels)), "no_face": sum(faces.no_face_in(keep) for faces in sets)}
+        unreadable = [file for faces in sets for file in faces.unreadable_files]
+        result["unreadable"] = {
+            "count": len(unreadable),
+            "first": [Path(file).name for file in unreadable[:10]],
+        }
         for name, condition in conditions.items():
             scores = predictor(np.stack([degrade(crop, condition, predictor.size) for crop in crops]))
             metrics = binary_metrics(labels, scores, threshold=arguments.threshold)
@@ -204,14 +242,34 @@ def main(argv: list[str] | None = None) -> int:
                         & (result["_scores"][real] < arguments.threshold)
                     )
                 )
+                # And the sharpness trap's other side: does a sharper fake look real?
+                result["robustness"][name]["fake_flipped_to_real"] = float(
+                    np.mean(
+                        (scores[~real] < arguments.threshold)
+                        & (result["_scores"][~real] >= arguments.threshold)
+                    )
+                )
             pooled[name][0].append(labels)
             pooled[name][1].append(scores)
         result["_labels"] = labels
+        if not arguments.no_audit:
+            from stream_detector.training.confounds import audit_statistics, confound_audit
+
+            result["confounds"] = confound_audit(labels, result["_scores"], audit_statistics(crops))
         report["sources"][entry] = result
         print(
             f"{entry}: {len(labels)} images, AUC {result['roc_auc']:.4f}, accuracy {result['accuracy']:.4f}",
             file=sys.stderr,
         )
+        if unreadable:
+            print(f"{entry}: {len(unreadable)} unreadable image(s) skipped", file=sys.stderr)
+        for statistic, audit in result.get("confounds", {}).items():
+            if isinstance(audit, dict):
+                print(
+                    f"  {statistic}: alone AUC {audit['statistic_auc']:.3f}, model within strata "
+                    f"{audit['model_stratified_auc'] or float('nan'):.3f}",
+                    file=sys.stderr,
+                )
 
     all_labels = np.concatenate(pooled["clean"][0])
     all_scores = np.concatenate(pooled["clean"][1])

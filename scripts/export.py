@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="folder for the .tflite files (default: beside --model)")
     arguments = parser.parse_args(argv)
     os.environ["KERAS_BACKEND"] = "tensorflow"
-    from stream_detector.model import load_keras_model
+    from stream_detector.pipeline.model import load_keras_model
     from stream_detector.training.export import export_all
 
     model = load_keras_model(arguments.model)

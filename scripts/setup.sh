@@ -22,11 +22,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 # The face models (BlazeFace detectors, FaceMesh landmarks for training): mediapipe >= 0.10.30 ships
-# none, 0.10.21's wheel carries them. Their checksums live in one file, model/face_models.sha256,
+# none, 0.10.21's wheel carries them. Their checksums live in one file, stream_detector/pipeline/face_models.sha256,
 # which stream_detector/pipeline/faces.py reads too.
 models=model/face_detector
 verified() {
-    [ -d "$models" ] && (cd "$models" && sha256sum --quiet -c ../face_models.sha256 >/dev/null 2>&1)
+    [ -d "$models" ] && (cd "$models" && sha256sum --quiet -c ../../stream_detector/pipeline/face_models.sha256 >/dev/null 2>&1)
 }
 if ! verified; then
     mkdir -p "$models" .cache/wheels
@@ -34,7 +34,7 @@ if ! verified; then
         --platform manylinux_2_28_x86_64 --python-version 3.11 \
         -d .cache/wheels "mediapipe==0.10.21"
     wheel=$(ls .cache/wheels/mediapipe-0.10.21-*.whl | head -n 1)
-    .venv/bin/python - "$wheel" "$models" model/face_models.sha256 <<'PY'
+    .venv/bin/python - "$wheel" "$models" stream_detector/pipeline/face_models.sha256 <<'PY'
 import sys, zipfile, pathlib
 wheel, target, sums = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 wanted = {line.split()[1] for line in sums.read_text().splitlines() if line.strip()}
@@ -43,6 +43,6 @@ with zipfile.ZipFile(wheel) as archive:
         if pathlib.Path(name).name in wanted and name.startswith("mediapipe/modules/face_"):
             (target / pathlib.Path(name).name).write_bytes(archive.read(name))
 PY
-    verified || { echo "setup: face models in $models fail their checksums (model/face_models.sha256)" >&2; exit 1; }
+    verified || { echo "setup: face models in $models fail their checksums (stream_detector/pipeline/face_models.sha256)" >&2; exit 1; }
 fi
 echo "setup: ready (.venv, $models)"

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from benchmark_daemon import DaemonProcess, daemon_config, free_port, load_average, make_clip  # noqa: E402
 
-from tests.rtsp_server import RtspServerProcess, system_gstreamer_problem  # noqa: E402
+from tools.rtsp_server import RtspServerProcess, system_gstreamer_problem  # noqa: E402
 
 
 def slope_per_minute(times: list[float], values: list[float]) -> float:

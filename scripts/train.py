@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
-    from stream_detector.model import (
+    from stream_detector.pipeline.model import (
         KERAS_FILE,
         apply_platt_scaling,
         build_model,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_detector.config import ReconnectConfig, display_url, load_config, mask, parse_config
+from stream_detector.daemon.config import ReconnectConfig, display_url, load_config, mask, parse_config
 from stream_detector.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 import numpy as np
 
-from stream_detector.crops import CROP_SCALE, crop_face, crop_faces, crop_square
+from stream_detector.pipeline.crops import CROP_SCALE, crop_face, crop_faces, crop_square
 
 
 def test_square_is_centred_and_scaled_inside_a_large_frame():

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from stream_detector import cli
-from stream_detector.apps.daemon import Daemon
-from stream_detector.config import parse_config
-from stream_detector.engine import FrameResult
+from stream_detector.daemon.config import parse_config
+from stream_detector.daemon.service import Daemon
 from stream_detector.errors import ConfigError, SourceError
-from stream_detector.types import Frame, TrackedFace, Verdict, VerdictState
-from tests import rtsp_server
+from stream_detector.pipeline.engine import FrameResult
+from stream_detector.pipeline.types import Frame, TrackedFace, Verdict, VerdictState
+from tools import rtsp_server
 
 rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 

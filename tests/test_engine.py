@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stream_detector.engine import (
+from stream_detector.pipeline.engine import (
     STAGES,
     Engine,
     EngineSettings,
@@ -13,11 +13,11 @@ from stream_detector.engine import (
     build_engine,
     crop_sharpness,
 )
-from stream_detector.faces import DetectorPool
-from stream_detector.smoothing import SmootherSettings
-from stream_detector.tracking import box_iou
-from stream_detector.types import Classifier, FaceDetector, Faces, Frame, VerdictState
-from tests.media import Placement, compose, head_patch, moving_face_frames
+from stream_detector.pipeline.faces import DetectorPool
+from stream_detector.pipeline.smoothing import SmootherSettings
+from stream_detector.pipeline.tracking import box_iou
+from stream_detector.pipeline.types import Classifier, FaceDetector, Faces, Frame, VerdictState
+from tools.media import Placement, compose, head_patch, moving_face_frames
 
 
 class ScriptedDetector:

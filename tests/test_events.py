@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from stream_detector.events import (
+from stream_detector.daemon.events import (
     EventPolicy,
     EventSinks,
     EventTracker,
@@ -17,7 +17,7 @@ from stream_detector.events import (
     WebhookPolicy,
     WebhookSender,
 )
-from stream_detector.types import Verdict, VerdictState
+from stream_detector.pipeline.types import Verdict, VerdictState
 
 FAKE, REAL, UNCERTAIN = VerdictState.FAKE, VerdictState.REAL, VerdictState.UNCERTAIN
 POLICY = EventPolicy(min_duration_ms=1000, end_after_ms=1000, cooldown_ms=5000, update_interval_ms=3000)

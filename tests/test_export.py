@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from stream_detector.classifier import load_classifier
-from stream_detector.crops import crop_face
+from stream_detector.pipeline.classifier import load_classifier
+from stream_detector.pipeline.crops import crop_face
 from stream_detector.training.dataset import jpeg
 from tests.conftest import REPO, shared_data
 

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from stream_detector.model import apply_platt_scaling, build_model, fit_platt_scaling, fold_platt_scaling
+from stream_detector.pipeline.model import (
+    apply_platt_scaling,
+    build_model,
+    fit_platt_scaling,
+    fold_platt_scaling,
+)
 
 
 def test_reference_layer_stack_and_parameter_count():

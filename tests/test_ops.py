@@ -7,8 +7,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_detector.config import mask
-from stream_detector.ops import (
+from stream_detector.daemon.config import mask
+from stream_detector.daemon.ops import (
     CameraHealth,
     DaemonMetrics,
     JsonFormatter,
@@ -142,7 +142,7 @@ def test_log_lines_are_one_line_json_with_secrets_masked():
 
 
 def test_configure_logging_masks_through_the_root_handlers():
-    from stream_detector.ops import configure_logging
+    from stream_detector.daemon.ops import configure_logging
 
     stream = io.StringIO()
     root = logging.getLogger()

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from stream_detector.engine import EngineSettings, build_engine
-from stream_detector.overlay import STATE_COLOURS, draw, hud_text
-from stream_detector.types import Frame, Stats, Verdict, VerdictState
-from tests.media import moving_face_frames
+from stream_detector.pipeline.engine import EngineSettings, build_engine
+from stream_detector.pipeline.overlay import STATE_COLOURS, draw, hud_text
+from stream_detector.pipeline.types import Frame, Stats, Verdict, VerdictState
+from tools.media import moving_face_frames
 
 
 def verdict(state, box=(200.0, 150.0, 400.0, 350.0), p=0.8, track_id=7):

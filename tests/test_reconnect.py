@@ -10,12 +10,12 @@ import weakref
 import numpy as np
 import pytest
 
-from stream_detector.config import ReconnectConfig
+from stream_detector.daemon.cameras import Backoff, CameraState, ReconnectingCamera, StreamSource
+from stream_detector.daemon.config import ReconnectConfig
 from stream_detector.errors import SourceError
-from stream_detector.reconnect import Backoff, CameraState, ReconnectingCamera, StreamSource
-from stream_detector.types import Frame
-from tests import rtsp_server
-from tests.rtsp_server import free_port
+from stream_detector.pipeline.types import Frame
+from tools import rtsp_server
+from tools.rtsp_server import free_port
 
 rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 

@@ -5,14 +5,15 @@ import cv2
 import numpy as np
 import pytest
 
-from stream_detector import cli, sources
-from stream_detector.apps import scan
-from stream_detector.apps.scan import MIN_FAKE_MS, TrackSummary, file_verdict, track_state
-from stream_detector.engine import EngineSettings, build_engine
-from stream_detector.overlay import STATE_COLOURS
-from stream_detector.smoothing import SmootherSettings, classify_score
+from stream_detector import cli
+from stream_detector.pipeline import sources
+from stream_detector.pipeline.engine import EngineSettings, build_engine
+from stream_detector.pipeline.overlay import STATE_COLOURS
+from stream_detector.pipeline.smoothing import SmootherSettings, classify_score
+from stream_detector.scan import report as scan
+from stream_detector.scan.report import MIN_FAKE_MS, TrackSummary, file_verdict, track_state
 from tests.conftest import shared_data
-from tests.media import background, moving_face_frames, write_video
+from tools.media import background, moving_face_frames, write_video
 
 VERDICTS = {"REAL", "FAKE", "UNCERTAIN", "NO_FACE"}
 TRACK_KEYS = {

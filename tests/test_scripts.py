@@ -53,11 +53,26 @@ def test_empty_class(evaluate, tmp_path):
         evaluate.main(["--data", str(tmp_path), "--cache", str(tmp_path / "cache")])
 
 
-def test_unreadable_image(evaluate, tmp_path):
+def test_unreadable_image_stops_only_when_asked(evaluate, tmp_path):
     make_set(tmp_path)
     (tmp_path / "fake" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(StreamDetectorError, match="unreadable image: .*broken.jpg"):
-        evaluate.main(["--data", str(tmp_path), "--cache", str(tmp_path / "cache")])
+        evaluate.main(["--data", str(tmp_path), "--cache", str(tmp_path / "cache"), "--unreadable", "error"])
+
+
+def test_unreadable_image_is_skipped_and_counted(evaluate, tmp_path):
+    import json
+
+    make_set(tmp_path, real=3, fake=3)
+    (tmp_path / "fake" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    report_path = tmp_path / "report.json"
+    arguments = ["--data", str(tmp_path), "--cache", str(tmp_path / "cache"), "--no-face", "whole"]
+    assert evaluate.main([*arguments, "--json", str(report_path), "--no-progress"]) == 0
+    report = json.loads(report_path.read_text())[str(tmp_path)]
+    assert report["unreadable"] == {"count": 1, "first": ["broken.jpg"]}
+    assert report["images"] == 6
+    # The audit is in every report: one entry per statistic, each with the model's stratified AUC.
+    assert set(report["confounds"]) >= {"model_auc", "sharpness", "blockiness", "face_size", "brightness"}
 
 
 def test_images_with_no_face(evaluate, tmp_path):

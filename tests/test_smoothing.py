@@ -1,7 +1,7 @@
 import pytest
 
-from stream_detector.smoothing import Smoother, SmootherSettings, classify_score
-from stream_detector.types import TrackedFace, VerdictState
+from stream_detector.pipeline.smoothing import Smoother, SmootherSettings, classify_score
+from stream_detector.pipeline.types import TrackedFace, VerdictState
 
 BOX = (10.0, 10.0, 110.0, 110.0)
 

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stream_detector import sources
 from stream_detector.errors import SourceError
-from stream_detector.sources import (
+from stream_detector.pipeline import sources
+from stream_detector.pipeline.sources import (
     CaptureSource,
     ImageFolderSource,
     ImageSource,
@@ -16,8 +16,8 @@ from stream_detector.sources import (
     VideoFileSource,
     open_source,
 )
-from stream_detector.types import Frame, FrameSource
-from tests.media import background, write_video
+from stream_detector.pipeline.types import Frame, FrameSource
+from tools.media import background, write_video
 
 
 def numbered_frames(count, width=160, height=120):

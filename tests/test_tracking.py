@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from stream_detector.tracking import Tracker, TrackerSettings, appearance_descriptor, box_iou
-from stream_detector.types import Faces
+from stream_detector.pipeline.tracking import Tracker, TrackerSettings, appearance_descriptor, box_iou
+from stream_detector.pipeline.types import Faces
 
 
 def faces_at(*boxes):

@@ -61,7 +61,7 @@ def test_paired_loss_adds_the_weighted_squared_logit_gap_to_cross_entropy():
 
 
 def test_training_refuses_a_consistency_weight_without_pairs_and_the_reverse():
-    from stream_detector.model import build_model
+    from stream_detector.pipeline.model import build_model
     from stream_detector.training.loop import train
 
     model = build_model(input_size=None)
@@ -85,3 +85,71 @@ def test_paired_batches_turn_plain_for_epochs_without_the_consistency_term():
     # Eight distinct faces, none the twin of another.
     assert images.shape == (8, 64, 64, 3)
     assert all(abs(np.corrcoef(images[0].ravel(), other.ravel())[0, 1]) < 0.3 for other in images[1:])
+
+
+def test_each_blendable_real_comes_with_its_blend_in_the_same_batch_through_the_same_augmentation():
+    from tests.test_blending import synthetic_face
+
+    crops, points = [], []
+    for seed in range(6):
+        image, landmarks = synthetic_face(96, seed)
+        crops.append(image)
+        points.append(landmarks)
+    labels = np.array([0, 0, 0, 1, 1, 1], np.int32)
+    faces = FaceSet("toy", crops, labels, [f"{i}.png" for i in range(6)], [str(i) for i in range(6)], ())
+    landmarks = [points[0], points[1], None, None, None, None]  # two blendable reals
+    batches = AugmentedBatches([faces], batch_size=4, seed=3, landmarks=landmarks)
+    assert len(batches) == 8 and batches.blended_pairs == 2 and batches.steps_per_epoch == 2
+    images = np.concatenate([batch for batch, _ in batches.epoch(96)])
+    targets = np.concatenate([target for _, target in batches.epoch(96)])
+    assert targets.sum() == 5  # three fakes and two blends, in a second epoch of the same shape
+    epoch = list(batches.epoch(96))
+    found_pairs = 0
+    for batch, target in epoch:
+        for first in range(0, len(batch), 2):
+            view, twin = batch[first], batch[first + 1]
+            if target[first, 0] == 0 and target[first + 1, 0] == 1:
+                # A real and its own blend: same augmentation, so outside the face they agree.
+                assert np.abs(view[:8] - twin[:8]).mean() < 1.0
+                assert np.abs(view[40:56, 40:56] - twin[40:56, 40:56]).mean() > 0.5
+                found_pairs += 1
+    assert found_pairs == 2
+    assert images.shape == (8, 96, 96, 3)
+
+
+def test_training_resumes_after_its_last_epoch_and_refuses_other_settings(tmp_path):
+    from stream_detector.errors import StreamDetectorError
+    from stream_detector.pipeline.model import build_model
+    from stream_detector.training.loop import train
+
+    validation = {"toy": face_set(8, seed=1)}
+    checkpoint = tmp_path / "checkpoint.pkl"
+    settings = {"seed": 0}
+
+    def run(epochs, resume, run_settings=settings):
+        model = build_model(input_size=None)
+        batches = AugmentedBatches([face_set(16)], batch_size=8, seed=0)
+        result = train(
+            model,
+            batches,
+            validation,
+            Schedule(epochs, 64, 0, high_size=64, warmup_steps=1),
+            log=lambda _: None,
+            progress=False,
+            checkpoint=checkpoint,
+            resume=resume,
+            settings=run_settings,
+        )
+        return model, result
+
+    _, first = run(2, resume=False)
+    assert [entry["epoch"] for entry in first["history"]] == [1, 2]
+    _, resumed = run(3, resume=True)
+    # Epochs 1-2 come from the checkpoint; only epoch 3 ran.
+    assert [entry["epoch"] for entry in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"][:2] == first["history"]
+    with pytest.raises(StreamDetectorError, match="made with seed=0, this run has seed=1"):
+        run(3, resume=True, run_settings={"seed": 1})
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(StreamDetectorError, match="corrupt"):
+        run(3, resume=True)

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stream_detector.overlay import STATE_COLOURS
-from tests.media import moving_face_frames, write_video
+from stream_detector.pipeline.overlay import STATE_COLOURS
+from tools.media import moving_face_frames, write_video
 
 REPO = Path(__file__).resolve().parent.parent
 

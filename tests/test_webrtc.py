@@ -24,14 +24,14 @@ from aiortc.rtp import RtpPacket
 
 import stream_detector  # noqa: F401  (pylibsrtp before TensorFlow)
 from stream_detector.errors import StreamDetectorError
-from stream_detector.types import Frame, Verdict, VerdictState
-from stream_detector.webrtc.client import StampedTrack, read_stamp, start_call, write_stamp
+from stream_detector.pipeline.types import Frame, Verdict, VerdictState
 from stream_detector.webrtc.ice import filter_candidates, host_addresses_for, restrict_host_addresses
 from stream_detector.webrtc.latency import MarkerJitterBuffer
 from stream_detector.webrtc.peer import PeerSession
 from stream_detector.webrtc.server import STATE_KEY, ScanResult, ServerSettings, create_app
 from stream_detector.webrtc.signalling import OfferError, parse_offer
 from stream_detector.webrtc.worker import Annotated, FrameWorker
+from tools.webrtc_client import StampedTrack, read_stamp, start_call, write_stamp
 
 LOOPBACK = ("127.0.0.1",)
 FAKE_BOX = (200.0, 140.0, 360.0, 300.0)
@@ -498,9 +498,9 @@ def overlay_pixels(image: np.ndarray, box: Sequence[float], margin: float = 0.3)
 
 @pytest.mark.slow
 def test_a_call_through_the_real_engine_returns_the_face_verdict(astronaut_bgr: np.ndarray) -> None:
-    from stream_detector.engine import EngineSettings, build_engine
+    from stream_detector.pipeline.engine import EngineSettings, build_engine
     from stream_detector.webrtc.annotator import EngineAnnotator
-    from tests.media import compose, head_patch, moving_face_path
+    from tools.media import compose, head_patch, moving_face_path
 
     patch = head_patch(astronaut_bgr)
     placements = moving_face_path(90, 640, 480)
@@ -545,10 +545,10 @@ def test_a_call_through_the_real_engine_returns_the_face_verdict(astronaut_bgr: 
 
 @pytest.mark.slow
 def test_file_scanner_reports_like_the_scan_command(astronaut_bgr: np.ndarray, tmp_path: Path) -> None:
-    from stream_detector.engine import EngineSettings
+    from stream_detector.pipeline.engine import EngineSettings
     from stream_detector.webrtc.scanning import FileScanner
     from stream_detector.webrtc.server import ScanCancelled
-    from tests.media import moving_face_frames, write_video
+    from tools.media import moving_face_frames, write_video
 
     frames, _ = moving_face_frames(astronaut_bgr, count=20)
     video = write_video(tmp_path / "upload.avi", frames)

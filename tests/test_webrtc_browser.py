@@ -14,9 +14,9 @@ import pytest
 
 import stream_detector  # noqa: F401  (pylibsrtp before TensorFlow)
 from stream_detector.webrtc.server import STATE_KEY, create_app
-from tests.browser import chromium, find_chromium, write_y4m
-from tests.media import background, compose, head_patch, moving_face_path, write_video
 from tests.test_webrtc import loopback_settings, overlay_pixels, serving
+from tools.browser import chromium, find_chromium, write_y4m
+from tools.media import background, compose, head_patch, moving_face_path, write_video
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_browser_without_camera_permission_says_so(chromium_path: str) -> None:
 def test_browser_call_shows_live_verdicts_states_and_scans(
     astronaut_bgr: np.ndarray, chromium_path: str, tmp_path: Path
 ) -> None:
-    from stream_detector.engine import EngineSettings, build_engine
+    from stream_detector.pipeline.engine import EngineSettings, build_engine
     from stream_detector.webrtc.annotator import EngineAnnotator
     from stream_detector.webrtc.scanning import build_scanner
 

@@ -96,7 +96,7 @@ def check_display() -> None:
 
 
 def open_live_source(spec: str, loop: bool):
-    from stream_detector.sources import open_source
+    from stream_detector.pipeline.sources import open_source
 
     try:
         return open_source(spec, realtime=True, loop=loop)
@@ -127,9 +127,14 @@ def run(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from stream_detector.engine import PerformanceMeter, build_engine, monotonic_ms, settings_from_arguments
-    from stream_detector.overlay import draw
-    from stream_detector.sources import LatestFrameReader
+    from stream_detector.pipeline.engine import (
+        PerformanceMeter,
+        build_engine,
+        monotonic_ms,
+        settings_from_arguments,
+    )
+    from stream_detector.pipeline.overlay import draw
+    from stream_detector.pipeline.sources import LatestFrameReader
 
     try:
         engine = build_engine(settings_from_arguments(args))

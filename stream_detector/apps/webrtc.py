@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     # aiortc (and with it libsrtp) before anything that loads TensorFlow or MediaPipe.
     from aiohttp import web
 
-    from stream_detector.engine import EngineSettings, build_engine
+    from stream_detector.pipeline.engine import EngineSettings, build_engine
     from stream_detector.webrtc.annotator import EngineAnnotator
     from stream_detector.webrtc.ice import host_addresses_for, is_loopback
     from stream_detector.webrtc.scanning import build_scanner

@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stream_detector.crops import CROP_SIZE
+from stream_detector.pipeline.crops import CROP_SIZE
 from stream_detector.training.blending import sharpen
 from stream_detector.training.confounds import laplacian_variance
 from stream_detector.training.dataset import jpeg, resize_crop

@@ -14,8 +14,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from stream_detector.training.metrics import roc_auc
-
 STATISTICS = ("sharpness", "blockiness", "face_size", "brightness", "saturation")
 
 
@@ -51,6 +49,17 @@ def image_statistics(crop_rgb: np.ndarray) -> dict[str, float]:
         "brightness": float(hsv[..., 2].mean()),
         "saturation": float(hsv[..., 1].mean()),
     }
+
+
+def roc_auc(labels: np.ndarray, values: np.ndarray) -> float | None:
+    """ROC-AUC of any real-valued score (ties count one half), None with one class: Mann-Whitney U."""
+    labels, values = np.asarray(labels), np.asarray(values, np.float64)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    ranks = _ranks(values) + 1.0
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream_detector.crops import CROP_SIZE, crop_square
 from stream_detector.errors import StreamDetectorError
+from stream_detector.pipeline.crops import CROP_SIZE, crop_square
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class StillFaceFinder:
     """The detector policy for still photos: short range first (close faces), then full range."""
 
     def __init__(self) -> None:
-        from stream_detector.faces import MediaPipeFaceDetector
+        from stream_detector.pipeline.faces import MediaPipeFaceDetector
 
         self._detectors = [
             MediaPipeFaceDetector("short", min_confidence=0.5, min_face_size=16, video=False),
@@ -132,7 +132,7 @@ class StillFaceFinder:
 
     def find(self, image_bgr: np.ndarray) -> np.ndarray | None:
         """The largest face box (x1, y1, x2, y2), or None."""
-        from stream_detector.types import Frame
+        from stream_detector.pipeline.types import Frame
 
         frame = Frame(image_bgr, 0, 0.0)
         for detector in self._detectors:

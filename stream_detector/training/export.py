@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from stream_detector.model import TFLITE_FP32_FILE, TFLITE_INT8_FILE
+from stream_detector.pipeline.model import TFLITE_FP32_FILE, TFLITE_INT8_FILE
 
 
 def to_tflite(model, quantize: bool) -> bytes:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from stream_detector.errors import StreamDetectorError
-from stream_detector.faces import face_model_path
+from stream_detector.pipeline.faces import face_model_path
 
 LANDMARK_MODEL_FILE = "face_landmark.tflite"
 LANDMARK_INPUT = 192

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_detector.crops import CROP_SIZE
 from stream_detector.errors import StreamDetectorError
+from stream_detector.pipeline.crops import CROP_SIZE
 from stream_detector.training.augment import augment, degraded_view
 from stream_detector.training.dataset import FaceSet, resize_crop, split_by_group
 from stream_detector.training.metrics import binary_metrics

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from stream_detector.engine import Engine, PerformanceMeter, monotonic_ms
-from stream_detector.overlay import draw
-from stream_detector.types import Frame
+from stream_detector.pipeline.engine import Engine, PerformanceMeter, monotonic_ms
+from stream_detector.pipeline.overlay import draw
+from stream_detector.pipeline.types import Frame
 from stream_detector.webrtc.worker import Annotated
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from stream_detector.engine import Engine, EngineSettings, FrameResult
 from stream_detector.errors import StreamDetectorError
-from stream_detector.types import Frame, VerdictState
+from stream_detector.pipeline.engine import Engine, EngineSettings, FrameResult
+from stream_detector.pipeline.types import Frame, VerdictState
 from stream_detector.webrtc.server import ScanResult
 
 JPEG_QUALITY = 88
@@ -57,7 +57,7 @@ class _WatchedEngine:
     def annotated(self) -> np.ndarray | None:
         if self._best is None:
             return None
-        from stream_detector.overlay import draw
+        from stream_detector.pipeline.overlay import draw
 
         image, verdicts = self._best
         return draw(image, verdicts)
@@ -86,7 +86,7 @@ def _frames_to_scan(path: Path, max_seconds: float | None) -> int:
 
 
 class FileScanner:
-    """Scans with ``stream_detector.apps.scan``; keeps one video engine between uploads."""
+    """Scans with ``stream_detector.scan.report``; keeps one video engine between uploads."""
 
     def __init__(
         self, settings: EngineSettings, max_seconds: float | None = DEFAULT_MAX_SCAN_SECONDS
@@ -97,7 +97,7 @@ class FileScanner:
         self._video_engine: Engine | None = None
 
     def scan(self, path: Path, name: str, progress: Callable[[float], None]) -> ScanResult:
-        from stream_detector.sources import IMAGE_SUFFIXES
+        from stream_detector.pipeline.sources import IMAGE_SUFFIXES
 
         try:
             if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -112,7 +112,7 @@ class FileScanner:
         return ScanResult(report=report, annotated_jpeg=_jpeg(picture))
 
     def _scan_image(self, path: Path) -> tuple[dict[str, Any], np.ndarray | None]:
-        from stream_detector.apps.scan import scan_image
+        from stream_detector.scan.report import scan_image
 
         with tempfile.TemporaryDirectory(prefix="stream-detector-annotated-") as directory:
             output = Path(directory) / "annotated.png"
@@ -124,8 +124,8 @@ class FileScanner:
     def _scan_video(
         self, path: Path, progress: Callable[[float], None]
     ) -> tuple[dict[str, Any], np.ndarray | None]:
-        from stream_detector.apps.scan import scan_video
-        from stream_detector.engine import build_engine
+        from stream_detector.pipeline.engine import build_engine
+        from stream_detector.scan.report import scan_video
 
         if self._video_engine is None:
             self._video_engine = build_engine(self._settings)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stream_detector.errors import StreamDetectorError
-from stream_detector.types import Verdict
+from stream_detector.pipeline.types import Verdict
 
 MAX_OFFER_BYTES = 256 * 1024
 VERDICT_CHANNEL_LABEL = "verdicts"

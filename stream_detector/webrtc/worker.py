@@ -19,7 +19,7 @@ from typing import Protocol
 import av
 import numpy as np
 
-from stream_detector.types import Frame, Verdict
+from stream_detector.pipeline.types import Frame, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from stream_detector.types import TrackedFace, Verdict, VerdictState
+from stream_detector.pipeline.types import TrackedFace, Verdict, VerdictState
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_detector.crops import CROP_SIZE
 from stream_detector.errors import ModelError
-from stream_detector.model import KERAS_FILE, TFLITE_FP32_FILE, TFLITE_INT8_FILE, load_keras_model, model_dir
+from stream_detector.pipeline.crops import CROP_SIZE
+from stream_detector.pipeline.model import (
+    KERAS_FILE,
+    TFLITE_FP32_FILE,
+    TFLITE_INT8_FILE,
+    load_keras_model,
+    model_dir,
+)
 
 BACKENDS = ("int8", "fp32", "keras")
 # int8 is the fastest backend and passes the parity test against Keras (tests/test_export.py), so it

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from stream_detector.types import Faces, TrackedFace
+from stream_detector.pipeline.types import Faces, TrackedFace
 
 APPEARANCE_SIZE = 16
 

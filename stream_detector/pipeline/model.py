@@ -4,21 +4,41 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from stream_detector.crops import CROP_SIZE
 from stream_detector.errors import ModelError
+from stream_detector.pipeline.crops import CROP_SIZE
 
-MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+# Where the model files are looked for, in order (the first folder holding the .keras or a .tflite
+# file wins): $STREAM_DETECTOR_MODEL_DIR; the source checkout's model/ (an editable install, the
+# tests); the data folder a non-editable install puts them in (pyproject.toml, data-files).
+CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[2] / "model"
+INSTALLED_MODEL_DIR = Path(sys.prefix) / "share" / "stream-detector" / "model"
+MODEL_DIR_ENVIRONMENT = "STREAM_DETECTOR_MODEL_DIR"
 KERAS_FILE = "detector.keras"
 TFLITE_FP32_FILE = "detector_fp32.tflite"
 TFLITE_INT8_FILE = "detector_int8.tflite"
 
 
+def model_search_path() -> list[Path]:
+    configured = os.environ.get(MODEL_DIR_ENVIRONMENT)
+    return [Path(configured)] if configured else [CHECKOUT_MODEL_DIR, INSTALLED_MODEL_DIR]
+
+
 def model_dir() -> Path:
-    return Path(os.environ.get("STREAM_DETECTOR_MODEL_DIR", MODEL_DIR))
+    """The folder of the shipped model files, or a ModelError naming every place it looked."""
+    searched = model_search_path()
+    for folder in searched:
+        if any((folder / name).is_file() for name in (KERAS_FILE, TFLITE_INT8_FILE, TFLITE_FP32_FILE)):
+            return folder
+    raise ModelError(
+        "model files not found; looked in "
+        + ", ".join(str(folder) for folder in searched)
+        + f" (set {MODEL_DIR_ENVIRONMENT} to the folder holding {KERAS_FILE} / {TFLITE_INT8_FILE})"
+    )
 
 
 def build_model(input_size: int | None = CROP_SIZE, initializer: str = "he_normal", unit_scale: bool = False):

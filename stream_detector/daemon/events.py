@@ -36,7 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stream_detector.types import Event, Verdict, VerdictState
+from stream_detector.pipeline.types import Event, Verdict, VerdictState
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 The server runs under Debian's /usr/bin/python3 (python3-gi + gir1.2-gst-rtsp-server-1.0;
 scripts/setup_test_system.sh installs them), not the project's venv:
 
-    /usr/bin/python3 tests/rtsp_server.py --port 8554 --frames DIR --mount cam --fps 10
+    /usr/bin/python3 tools/rtsp_server.py --port 8554 --frames DIR --mount cam --fps 10
 
 It serves the JPEG files DIR/00000.jpg, 00001.jpg, ... in a loop, as H.264 (like an IP camera) or
 MJPEG, at ``--fps``; or, with ``--video FILE.mp4``, an H.264 MP4 as it is, paced in real time and
@@ -254,7 +254,7 @@ if pytest is not None:
         problem = system_gstreamer_problem()
         if problem:
             pytest.fail(problem)
-        from tests.media import head_patch
+        from tools.media import head_patch
 
         # The head cut out of the photo, so the face is large enough to be classified (not just found).
         frames = write_face_frames(tmp_path_factory.mktemp("rtsp-frames"), head_patch(astronaut_bgr))

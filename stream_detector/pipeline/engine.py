@@ -46,10 +46,10 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from stream_detector.crops import CROP_SIZE, crop_face
-from stream_detector.smoothing import Smoother, SmootherSettings
-from stream_detector.tracking import Tracker, TrackerSettings, appearance_descriptor
-from stream_detector.types import Classifier, FaceDetector, Frame, Stats, TrackedFace, Verdict
+from stream_detector.pipeline.crops import CROP_SIZE, crop_face
+from stream_detector.pipeline.smoothing import Smoother, SmootherSettings
+from stream_detector.pipeline.tracking import Tracker, TrackerSettings, appearance_descriptor
+from stream_detector.pipeline.types import Classifier, FaceDetector, Frame, Stats, TrackedFace, Verdict
 
 STAGES = ("detect", "track", "crop", "classify", "smooth")
 
@@ -410,8 +410,8 @@ def build_engine(
     Detectors: one per source in VIDEO mode (``video=False``: IMAGE mode, for unrelated still images),
     or, with ``shared_detectors`` (many sources: the daemon), a pool of ``settings.threads`` IMAGE-mode
     detectors that every source borrows from (faces.DetectorPool)."""
-    from stream_detector.classifier import load_classifier
-    from stream_detector.faces import DetectorPool, MediaPipeFaceDetector, detector_model_path
+    from stream_detector.pipeline.classifier import load_classifier
+    from stream_detector.pipeline.faces import DetectorPool, MediaPipeFaceDetector, detector_model_path
 
     settings = settings or EngineSettings()
     # Fail now, not on the first frame, if the detector model is missing.

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from stream_detector.errors import SourceError
-from stream_detector.types import Frame, FrameSource
+from stream_detector.pipeline.types import Frame, FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from stream_detector.engine import EngineSettings
 from stream_detector.errors import ConfigError
-from stream_detector.smoothing import SmootherSettings
-from stream_detector.tracking import TrackerSettings
+from stream_detector.pipeline.engine import EngineSettings
+from stream_detector.pipeline.smoothing import SmootherSettings
+from stream_detector.pipeline.tracking import TrackerSettings
 
 ENV_PATTERN = re.compile(r"\$\{([^}]*)\}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_detector.config import ReconnectConfig, mask
+from stream_detector.daemon.config import ReconnectConfig, mask
 from stream_detector.errors import SourceError
-from stream_detector.sources import LatestFrameReader, forget_traceback
-from stream_detector.types import Frame, FrameSource
+from stream_detector.pipeline.sources import LatestFrameReader, forget_traceback
+from stream_detector.pipeline.types import Frame, FrameSource
 
 log = logging.getLogger(__name__)
 

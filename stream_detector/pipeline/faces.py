@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from stream_detector.errors import ModelError
-from stream_detector.types import FaceDetector, Faces, Frame
+from stream_detector.pipeline.types import FaceDetector, Faces, Frame
 
 DETECTOR_FILES = {
     "full": "face_detection_full_range_sparse.tflite",
@@ -26,7 +26,7 @@ DETECTOR_FILES = {
 }
 DetectorRange = Literal["full", "short"]
 # SHA-256 of every face model, one line each: scripts/setup.sh checks the same file.
-CHECKSUM_FILE = Path(__file__).resolve().parent.parent / "model" / "face_models.sha256"
+CHECKSUM_FILE = Path(__file__).resolve().parent / "face_models.sha256"
 
 
 def face_model_checksums() -> dict[str, str]:
@@ -39,7 +39,11 @@ def detector_model_dir() -> Path:
     configured = os.environ.get("STREAM_DETECTOR_FACE_MODELS")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parent.parent / "model" / "face_detector"
+    # Beside the classifier's files (model.model_search_path), in face_detector/.
+    from stream_detector.pipeline.model import model_search_path
+
+    searched = [folder / "face_detector" for folder in model_search_path()]
+    return next((folder for folder in searched if folder.is_dir()), searched[0])
 
 
 def face_model_path(name: str) -> Path:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from stream_detector.types import Stats, Verdict, VerdictState
+from stream_detector.pipeline.types import Stats, Verdict, VerdictState
 
 # BGR. Saturated and far apart so that they read at a glance (and tests can find them on screen).
 STATE_COLOURS: dict[VerdictState, tuple[int, int, int]] = {

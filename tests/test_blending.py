@@ -1,0 +1,82 @@
+import cv2
+import numpy as np
+import pytest
+
+from stream_detector.training.augment import match_sharpness
+from stream_detector.training.blending import (
+    FACE_OVAL,
+    MASK_REGIONS,
+    deform_mask,
+    region_mask,
+    self_blend,
+    usable_landmarks,
+)
+from stream_detector.training.confounds import laplacian_variance
+
+
+def synthetic_face(size: int = 224, seed: int = 0):
+    """A textured picture and 468 landmark-like points inside a face-sized ellipse."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), (0, 0), 1.2)
+    angles = rng.uniform(0, 2 * np.pi, 468)
+    radius = np.sqrt(rng.uniform(0.05, 1.0, 468))
+    points = np.stack(
+        [size / 2 + np.cos(angles) * radius * size * 0.3, size / 2 + np.sin(angles) * radius * size * 0.34], 1
+    )
+    # The oval points on the ellipse itself.
+    oval_angles = np.linspace(0, 2 * np.pi, len(FACE_OVAL), endpoint=False)
+    points[list(FACE_OVAL)] = np.stack(
+        [size / 2 + np.cos(oval_angles) * size * 0.3, size / 2 + np.sin(oval_angles) * size * 0.34], 1
+    )
+    return image, points.astype(np.float32)
+
+
+@pytest.mark.parametrize("region", list(MASK_REGIONS))
+def test_every_region_mask_is_non_empty_and_inside_the_picture(region):
+    image, points = synthetic_face()
+    mask = region_mask(points, image.shape, region)
+    assert mask.sum() > 100
+    deformed = deform_mask(mask, np.random.default_rng(3))
+    assert deformed.max() == pytest.approx(1.0)
+    # The boundary lies inside the crop: the outer rows and columns are untouched.
+    assert deformed[:3].max() == 0 and deformed[-3:].max() == 0
+    assert deformed[:, :3].max() == 0 and deformed[:, -3:].max() == 0
+
+
+def test_a_self_blend_changes_the_face_and_keeps_the_surroundings():
+    image, points = synthetic_face()
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        blended = self_blend(image, points, rng)
+        assert blended.shape == image.shape and blended.dtype == np.uint8
+        difference = np.abs(blended.astype(int) - image).sum(axis=2)
+        assert difference[100:124, 100:124].mean() > 0.5  # the middle of the face changed
+        assert difference[:5].max() == 0 and difference[-5:].max() == 0  # the edges did not
+
+
+def test_landmarks_that_are_missing_small_or_outside_are_not_blendable():
+    image, points = synthetic_face()
+    assert usable_landmarks(points, image.shape)
+    assert not usable_landmarks(None, image.shape)
+    assert not usable_landmarks(points * 0.1, image.shape)  # a face of ~15 px
+    assert not usable_landmarks(points + 150, image.shape)  # mostly outside
+
+
+def test_sharpness_matching_blurs_the_sharper_class_to_the_others_distribution():
+    rng = np.random.default_rng(0)
+    sharp = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(30)]
+    soft = [
+        cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (0, 0), 1.5) for _ in range(30)
+    ]
+    labels = np.array([0] * 30 + [1] * 30)
+    matched, changed = match_sharpness(sharp + soft, labels)
+    assert changed >= 25
+    before = np.median([laplacian_variance(c) for c in sharp]) / np.median(
+        [laplacian_variance(c) for c in soft]
+    )
+    after = np.median([laplacian_variance(c) for c in matched[:30]]) / np.median(
+        [laplacian_variance(c) for c in matched[30:]]
+    )
+    assert before > 5 and 0.7 < after < 1.4
+    # The blurrier class is left as it was.
+    assert all(a is b for a, b in zip(matched[30:], soft, strict=True))
