@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import stream_detector  # noqa: E402,F401  (pylibsrtp before TensorFlow)
-from stream_detector.pipeline.engine import EngineSettings, build_engine, monotonic_ms  # noqa: E402
+from stream_detector.pipeline.engine import EngineSettings, build_engine  # noqa: E402
+from stream_detector.pipeline.meters import monotonic_ms  # noqa: E402
 from stream_detector.pipeline.overlay import draw  # noqa: E402
 from stream_detector.pipeline.sources import LatestFrameReader, VideoFileSource  # noqa: E402
 from stream_detector.pipeline.types import Frame, Stats  # noqa: E402

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -314,9 +313,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.exit(main())
-    except StreamDetectorError as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from tools.script import run_script
+
+    run_script("evaluate", main)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -295,9 +294,6 @@ def record_threshold(record_path: Path, entries: list[dict]) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.exit(main())
-    except StreamDetectorError as error:
-        print(f"evaluate_clips: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from tools.script import run_script
+
+    run_script("evaluate_clips", main)

@@ -14,7 +14,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stream_detector  # noqa: E402,F401  (pylibsrtp before TensorFlow)
-from stream_detector.errors import StreamDetectorError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.exit(main())
-    except StreamDetectorError as error:
-        print(f"export: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from tools.script import run_script
+
+    run_script("export", main)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -403,9 +402,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.exit(main())
-    except StreamDetectorError as error:
-        print(f"train: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    from tools.script import run_script
+
+    run_script("train", main)

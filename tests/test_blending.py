@@ -80,3 +80,16 @@ def test_sharpness_matching_blurs_the_sharper_class_to_the_others_distribution()
     assert before > 5 and 0.7 < after < 1.4
     # The blurrier class is left as it was.
     assert all(a is b for a, b in zip(matched[30:], soft, strict=True))
+
+
+@pytest.mark.slow
+def test_facemesh_finds_the_landmarks_of_a_real_photographed_face(astronaut_bgr):
+    from stream_detector.pipeline.crops import crop_face
+    from stream_detector.training.landmarks import FaceMeshLandmarker
+
+    crop = crop_face(astronaut_bgr, (175, 55, 320, 200))
+    points = FaceMeshLandmarker().landmarks(crop)
+    assert points is not None and points.shape == (468, 2)
+    # The face fills the middle of its 1.5x crop: the oval is inside, and big enough to blend.
+    assert usable_landmarks(points, crop.shape)
+    assert FaceMeshLandmarker().landmarks(np.zeros_like(crop)) is None

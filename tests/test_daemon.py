@@ -20,20 +20,12 @@ from stream_detector.errors import ConfigError, SourceError
 from stream_detector.pipeline.engine import FrameResult
 from stream_detector.pipeline.types import Frame, TrackedFace, Verdict, VerdictState
 from tools import rtsp_server
+from tools.waiting import wait_until
 
 rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Top$ecret-77"
-
-
-def wait_until(condition, timeout=20.0, interval=0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return bool(condition())
 
 
 def read_events(path: Path) -> list[dict]:

@@ -8,12 +8,11 @@ from stream_detector.pipeline.engine import (
     STAGES,
     Engine,
     EngineSettings,
-    PerformanceMeter,
-    RateMeter,
     build_engine,
     crop_sharpness,
 )
 from stream_detector.pipeline.faces import DetectorPool
+from stream_detector.pipeline.meters import PerformanceMeter, RateMeter
 from stream_detector.pipeline.smoothing import SmootherSettings
 from stream_detector.pipeline.tracking import box_iou
 from stream_detector.pipeline.types import Classifier, FaceDetector, Faces, Frame, VerdictState

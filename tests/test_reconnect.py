@@ -16,6 +16,7 @@ from stream_detector.errors import SourceError
 from stream_detector.pipeline.types import Frame
 from tools import rtsp_server
 from tools.rtsp_server import free_port
+from tools.waiting import wait_until
 
 rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 
@@ -27,15 +28,6 @@ FAST = ReconnectConfig(
     backoff_max_s=0.2,
     jitter=0.2,
 )
-
-
-def wait_until(condition, timeout=10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def test_backoff_doubles_with_jitter_and_is_capped():

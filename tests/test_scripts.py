@@ -134,7 +134,8 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
         "--high-epochs",
         "1",
     ]
-    arguments += ["--low-size", "64", "--batch-size", "8", *common]
+    # Noise has no face landmarks to blend (that refusal is tested below).
+    arguments += ["--low-size", "64", "--batch-size", "8", "--no-self-blend", *common]
     assert load_script("train").main(arguments) == 0
     assert {path.name for path in out.iterdir()} >= {
         "detector.keras",
@@ -164,3 +165,19 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
 def test_train_refuses_bad_consistency_settings_in_one_line(arguments, named, tmp_path):
     with pytest.raises(StreamDetectorError, match=named):
         load_script("train").main([*arguments, "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.slow
+def test_train_names_a_folder_without_face_landmarks_and_a_bad_resume_in_one_line(tmp_path):
+    make_set(tmp_path / "data" / "toy", real=6, fake=6, size=96)
+    base = [sys.executable, str(REPO / "scripts" / "train.py"), "--data", str(tmp_path / "data")]
+    base += ["--out", str(tmp_path / "model"), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    for extra, expected in (
+        ([], "no face landmarks"),
+        (["--no-self-blend", "--resume"], "no checkpoint at"),
+    ):
+        result = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if "train: error:" in line]
+        assert len(lines) == 1 and expected in lines[0], lines

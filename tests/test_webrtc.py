@@ -31,6 +31,7 @@ from stream_detector.webrtc.peer import PeerSession
 from stream_detector.webrtc.server import STATE_KEY, ScanResult, ServerSettings, create_app
 from stream_detector.webrtc.signalling import OfferError, parse_offer
 from stream_detector.webrtc.worker import Annotated, FrameWorker
+from tools.waiting import wait_until_async as wait_until
 from tools.webrtc_client import StampedTrack, read_stamp, start_call, write_stamp
 
 LOOPBACK = ("127.0.0.1",)
@@ -109,14 +110,6 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
 
 def loopback_settings(**overrides) -> ServerSettings:
     return ServerSettings(ice_addresses=LOOPBACK, remote_addresses=LOOPBACK, **overrides)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # --- signalling ----------------------------------------------------------------------------------

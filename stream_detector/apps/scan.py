@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from stream_detector.apps.arguments import add_engine_arguments
 from stream_detector.errors import SourceError, StreamDetectorError
 from stream_detector.scan.report import scan_folder, scan_image, scan_video
 
@@ -15,12 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="an image, a folder of images, or a video file")
     parser.add_argument("--json", dest="json_path", help="write the report here (default: stdout)")
     parser.add_argument("--output", help="write the annotated video (or image) here")
-    parser.add_argument("--backend", default="auto", help="classifier: auto (default), int8, fp32, keras")
-    parser.add_argument("--range", dest="detector_range", default="full", choices=("full", "short"))
-    parser.add_argument("--min-face-size", type=int, default=24, help="ignore faces smaller than this (px)")
-    parser.add_argument(
-        "--classify-hz", type=float, default=0.0, help="classifications per second per face (0: every frame)"
-    )
+    add_engine_arguments(parser, classify_hz=0.0)
     parser.add_argument("--max-seconds", type=float, default=None, help="scan only the start of a video")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from stream_detector.apps.arguments import add_engine_arguments
 from stream_detector.errors import SourceError, StreamDetectorError
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="0",
         help="camera index (default 0), video file, image, folder of images, or rtsp://, http(s):// URL",
     )
-    parser.add_argument("--backend", default="auto", help="classifier: auto (default), int8, fp32, keras")
-    parser.add_argument(
-        "--range",
-        dest="detector_range",
-        default="full",
-        choices=("full", "short"),
-        help="face detector model",
-    )
-    parser.add_argument("--min-face-size", type=int, default=24, help="ignore faces smaller than this (px)")
-    parser.add_argument(
-        "--classify-hz", type=float, default=15.0, help="classifications per second per face (0: every frame)"
-    )
+    add_engine_arguments(parser, classify_hz=15.0)
     parser.add_argument("--loop", action="store_true", help="play a video file again at its end")
     parser.add_argument("--snapshot-dir", default=".", help="where the s key saves PNGs (default: here)")
     parser.add_argument("--title", default="stream-detector", help="window title")
@@ -127,12 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from stream_detector.pipeline.engine import (
-        PerformanceMeter,
-        build_engine,
-        monotonic_ms,
-        settings_from_arguments,
-    )
+    from stream_detector.pipeline.engine import build_engine, settings_from_arguments
+    from stream_detector.pipeline.meters import PerformanceMeter, monotonic_ms
     from stream_detector.pipeline.overlay import draw
     from stream_detector.pipeline.sources import LatestFrameReader
 

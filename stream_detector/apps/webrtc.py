@@ -11,6 +11,7 @@ import logging
 import os
 import ssl
 
+from stream_detector.apps.arguments import add_engine_arguments
 from stream_detector.errors import StreamDetectorError
 
 log = logging.getLogger(__name__)
@@ -34,18 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"access token required by /offer and /scan (default: ${TOKEN_ENVIRONMENT}); "
         "open the page as /?token=...",
     )
-    parser.add_argument(
-        "--backend", default="auto", help="classifier backend: auto, int8, fp32, keras (default auto)"
-    )
-    parser.add_argument(
-        "--classify-hz",
-        type=float,
-        default=15.0,
-        help="classifications per second per face; 0 = every frame (default 15)",
-    )
-    parser.add_argument(
-        "--detector-range", choices=("full", "short"), default="full", help="BlazeFace model (default full)"
-    )
+    add_engine_arguments(parser, classify_hz=15.0)
     parser.add_argument(
         "--max-upload-mb", type=float, default=200.0, help="largest file /scan accepts (default 200)"
     )
@@ -84,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     # aiortc (and with it libsrtp) before anything that loads TensorFlow or MediaPipe.
     from aiohttp import web
 
-    from stream_detector.pipeline.engine import EngineSettings, build_engine
+    from stream_detector.pipeline.engine import build_engine, settings_from_arguments
     from stream_detector.webrtc.annotator import EngineAnnotator
     from stream_detector.webrtc.ice import host_addresses_for, is_loopback
     from stream_detector.webrtc.scanning import build_scanner
@@ -103,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not settings.token:
         log.warning("serving on %s without --token: anyone who can reach it can use it", args.host)
 
-    engine_settings = EngineSettings(
-        classify_hz=args.classify_hz, backend=args.backend, detector_range=args.detector_range
-    )
+    engine_settings = settings_from_arguments(args)
     # Peers come and go: a shared pool of detectors makes a new peer's first frame as fast as any.
     engine = build_engine(engine_settings, shared_detectors=True)
     # MediaPipe and the classifier start in seconds; pay that now, not on the first caller's frames.

@@ -36,7 +36,7 @@ import numpy as np
 
 from stream_detector.daemon.config import ReconnectConfig, mask
 from stream_detector.errors import SourceError
-from stream_detector.pipeline.sources import LatestFrameReader, forget_traceback
+from stream_detector.pipeline.sources import MAX_FRAME_PIXELS, LatestFrameReader, forget_traceback
 from stream_detector.pipeline.types import Frame, FrameSource
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 STABLE_CONNECTION_S = 10.0
 # How long ``close`` waits for a capture thread blocked in a network read (its read timeout ends it).
 CAPTURE_JOIN_S = 1.0
-
-
-# Frames larger than this are refused (as sources.py does): a misconfigured 8K stream would eat the box.
-MAX_FRAME_PIXELS = 40_000_000
 
 
 class StreamSource:

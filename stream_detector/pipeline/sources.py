@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from stream_detector.errors import SourceError
+from stream_detector.pipeline.meters import monotonic_ms
 from stream_detector.pipeline.types import Frame, FrameSource
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ MAX_FRAME_PIXELS = 40_000_000
 STREAM_OPEN_TIMEOUT_MS = 5000
 STREAM_READ_TIMEOUT_MS = 5000
 DEFAULT_FPS = 30.0
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000.0
 
 
 def _quiet_opencv() -> None:

@@ -192,27 +192,22 @@ def scan_folder(path: Path, settings) -> dict[str, Any]:
             tracks = _still_tracks(result, settings.smoothing)
             files.append(_report(source.current_file, "image", tracks, engine, still=True))
         backend = engine.backend
-    verdicts = [entry["verdict"] for entry in files]
-    with_faces = [entry for entry in files if entry["verdict"] != NO_FACE]
-    if not with_faces:
-        verdict = NO_FACE
-    elif VerdictState.FAKE.value in verdicts:
-        verdict = VerdictState.FAKE.value
-    elif all(entry["verdict"] == VerdictState.REAL.value for entry in with_faces):
-        verdict = VerdictState.REAL.value
-    else:
-        verdict = VerdictState.UNCERTAIN.value
-    deciding = [
-        entry for entry in with_faces if verdict != VerdictState.FAKE.value or entry["verdict"] == verdict
+    # The folder's verdict is the file rule over its images, each image standing for one track.
+    images = [
+        TrackSummary(
+            id=index, scores=[entry["p_fake"]] if entry["p_fake"] is not None else [], state=entry["verdict"]
+        )
+        for index, entry in enumerate(files)
+        if entry["verdict"] != NO_FACE
     ]
-    scores = [entry["p_fake"] for entry in deciding if entry["p_fake"] is not None]
+    verdict, p_fake = file_verdict(images, still=True)
     for entry in files:
         entry.pop("rule")
     return {
         "path": str(path),
         "kind": "folder",
         "verdict": verdict,
-        "p_fake": max(scores) if scores else None,
+        "p_fake": p_fake,
         "rule": "FAKE if any image is FAKE; NO_FACE if none has a face; REAL if every image with a face is "
         "REAL; else UNCERTAIN. Per image: each face's state from its one score.",
         "model": backend,

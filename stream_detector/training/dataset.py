@@ -21,10 +21,10 @@ import numpy as np
 
 from stream_detector.errors import StreamDetectorError
 from stream_detector.pipeline.crops import CROP_SIZE, crop_square
+from stream_detector.pipeline.sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CLASSES = ("real", "fake")  # label 0, label 1
 # Bump when the crop convention or detector policy changes, so cached crops are rebuilt.
 CROP_CACHE_VERSION = 5
@@ -94,7 +94,7 @@ def list_images(folder: Path) -> list[tuple[Path, int]]:
         raise StreamDetectorError(f"{folder}: expected real/ and fake/ folders")
     items: list[tuple[Path, int]] = []
     for label, name in enumerate(CLASSES):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise StreamDetectorError(f"{folder / name}: no images (class '{name}' is empty)")
         items.extend((path, label) for path in files)

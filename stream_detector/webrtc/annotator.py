@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from stream_detector.pipeline.engine import Engine, PerformanceMeter, monotonic_ms
+from stream_detector.pipeline.engine import Engine
+from stream_detector.pipeline.meters import PerformanceMeter, monotonic_ms
 from stream_detector.pipeline.overlay import draw
 from stream_detector.pipeline.types import Frame
 from stream_detector.webrtc.worker import Annotated

@@ -13,15 +13,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 
 import av
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
+from stream_detector.pipeline.meters import RateMeter, monotonic_ms
 from stream_detector.webrtc.signalling import VERDICT_CHANNEL_LABEL, verdict_message
-from stream_detector.webrtc.worker import FrameWorker, Processed, monotonic_ms
+from stream_detector.webrtc.worker import FrameWorker, Processed
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,6 @@ class ReturnedTrack(MediaStreamTrack):
         super().stop()
         # Wakes a pending recv so the sender notices the end.
         self._arrived.set()
-
-
-class RateMeter:
-    """Events per second over a sliding window."""
-
-    def __init__(self, window_s: float = 2.0) -> None:
-        self._window_s = window_s
-        self._times: deque[float] = deque()
-
-    def tick(self, now_s: float) -> float:
-        self._times.append(now_s)
-        cutoff = now_s - self._window_s
-        while self._times and self._times[0] < cutoff:
-            self._times.popleft()
-        if len(self._times) < 2:
-            return 0.0
-        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-6)
 
 
 class PeerSession:
@@ -189,7 +172,7 @@ class PeerSession:
             return
         self.returned.put(processed.video_frame)
         self.frames_returned += 1
-        fps = self._rate.tick(processed.done_ms / 1000.0)
+        fps = self._rate.tick(processed.done_ms)
         channel = self.channel
         if channel is None or channel.readyState != "open":
             return

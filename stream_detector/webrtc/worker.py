@@ -19,6 +19,7 @@ from typing import Protocol
 import av
 import numpy as np
 
+from stream_detector.pipeline.meters import monotonic_ms
 from stream_detector.pipeline.types import Frame, Verdict
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,6 @@ class _Source:
 class _Waiting:
     frame: av.VideoFrame
     received_ms: float
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000.0
 
 
 class FrameWorker:

@@ -1,0 +1,30 @@
+"""The engine's command-line options, declared once for every command (webcam, scan, serve)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, classify_hz: float) -> None:
+    """--backend, --detector-range (alias --range), --min-face-size, --classify-hz; read back by
+    pipeline.engine.settings_from_arguments. ``classify_hz`` is the command's own default."""
+    parser.add_argument(
+        "--backend", default="auto", help="classifier: auto (default: the fastest present), int8, fp32, keras"
+    )
+    parser.add_argument(
+        "--detector-range",
+        "--range",
+        dest="detector_range",
+        default="full",
+        choices=("full", "short"),
+        help="BlazeFace model: full range (up to ~5 m, default) or short range (within ~2 m, tight crops)",
+    )
+    parser.add_argument(
+        "--min-face-size", type=int, default=24, help="ignore faces smaller than this (px, default 24)"
+    )
+    parser.add_argument(
+        "--classify-hz",
+        type=float,
+        default=classify_hz,
+        help=f"classifications per second per face; 0 = every frame (default {classify_hz:g})",
+    )
