@@ -79,7 +79,7 @@ def test_short_gaps_do_not_close_an_event_and_the_end_carries_the_maximum():
     ends = [event for t, vs in timeline for event in event_tracker.update(vs, t) if event.kind == "end"]
     starts = [e for e in feed(tracker(), timeline) if e[1] == "start"]
     assert len(starts) == 1 and len(ends) == 1
-    assert ends[0].max_p_fake == pytest.approx(0.97) and ends[0].p_fake == pytest.approx(0.85)
+    assert ends[0].max_p_smoothed == pytest.approx(0.97) and ends[0].p_smoothed == pytest.approx(0.85)
     assert ends[0].duration_ms == pytest.approx(4900 - 0)
 
 

@@ -410,7 +410,7 @@ def test_a_call_returns_annotated_video_and_verdicts_then_cleans_up() -> None:
     assert result["stamp"] is not None
     message = result["message"]
     assert message["type"] == "verdicts" and (message["width"], message["height"]) == (640, 480)
-    assert message["faces"] == [{"id": 7, "box": list(FAKE_BOX), "state": "UNCERTAIN", "p_fake": 0.5}]
+    assert message["faces"] == [{"id": 7, "box": list(FAKE_BOX), "state": "UNCERTAIN", "p_smoothed": 0.5}]
     assert result["peers_during"] == 1 and result["worker_sources"] == 0
     assert len(annotator.forgotten) == 1
     assert annotator.threads == {"webrtc-engine"}
@@ -524,7 +524,7 @@ def test_a_call_through_the_real_engine_returns_the_face_verdict(astronaut_bgr: 
         annotator.close()
     with_faces = [message for message in messages if message["faces"]]
     face = with_faces[-1]["faces"][0]
-    assert face["state"] in ("REAL", "FAKE", "UNCERTAIN") and 0.0 <= face["p_fake"] <= 1.0
+    assert face["state"] in ("REAL", "FAKE", "UNCERTAIN") and 0.0 <= face["p_smoothed"] <= 1.0
     x1, y1, x2, y2 = face["box"]
     assert 60 < x2 - x1 < 400 and 60 < y2 - y1 < 400, f"implausible face box {face['box']}"
     # The overlay is drawn around the face in the returned frames (and was not in the sent ones).

@@ -178,7 +178,7 @@ def test_browser_call_shows_live_verdicts_states_and_scans(
     assert all(0.0 <= float(p_fake) <= 1.0 for _, p_fake in outcome["panel"])
     assert float(outcome["fps_text"]) > 1.0
     face = outcome["last_message"]["faces"][0]
-    assert set(face) == {"id", "box", "state", "p_fake"} and len(face["box"]) == 4
+    assert set(face) == {"id", "box", "state", "p_smoothed"} and len(face["box"]) == 4
     # The overlay's state colours fill a box outline in the screenshot; the camera clip has none.
     clip_pixels = max(overlay_pixels(frame, (0, 0, WIDTH, HEIGHT), margin=0) for frame in frames[::10])
     assert clip_pixels < 100, f"the clip itself has {clip_pixels} overlay-coloured pixels"

@@ -56,8 +56,8 @@ class _OpenEvent:
     start_ms: float
     last_fake_ms: float
     last_update_ms: float
-    p_fake: float
-    max_p_fake: float
+    p_smoothed: float
+    max_p_smoothed: float
 
 
 def _new_event_id() -> str:
@@ -89,8 +89,8 @@ class EventTracker:
             source_id=self.source_id,
             track_id=state.track_id,
             timestamp_ms=timestamp_ms,
-            p_fake=state.p_fake,
-            max_p_fake=state.max_p_fake,
+            p_smoothed=state.p_smoothed,
+            max_p_smoothed=state.max_p_smoothed,
             duration_ms=max(0.0, timestamp_ms - state.start_ms),
         )
 
@@ -107,8 +107,8 @@ class EventTracker:
             verdict = present.get(track_id)
             if verdict is not None and verdict.state == VerdictState.FAKE:
                 state.last_fake_ms = timestamp_ms
-                state.p_fake = float(verdict.p_smoothed)
-                state.max_p_fake = max(state.max_p_fake, state.p_fake)
+                state.p_smoothed = float(verdict.p_smoothed)
+                state.max_p_smoothed = max(state.max_p_smoothed, state.p_smoothed)
 
         for track_id, verdict in present.items():
             if track_id in self._open:
@@ -118,14 +118,14 @@ class EventTracker:
                 continue
             since = self._fake_since.setdefault(track_id, timestamp_ms)
             orphan = next((s for t, s in self._open.items() if t not in present), None)
-            p_fake = float(verdict.p_smoothed)
+            p_smoothed = float(verdict.p_smoothed)
             # A handover needs no minimum duration: the incident is established, only the id is new.
             if orphan is not None:
                 del self._open[orphan.track_id]
                 orphan.track_id = track_id
                 orphan.last_fake_ms = timestamp_ms
-                orphan.p_fake = p_fake
-                orphan.max_p_fake = max(orphan.max_p_fake, p_fake)
+                orphan.p_smoothed = p_smoothed
+                orphan.max_p_smoothed = max(orphan.max_p_smoothed, p_smoothed)
                 self._open[track_id] = orphan
                 self._fake_since.pop(track_id, None)
                 continue
@@ -139,8 +139,8 @@ class EventTracker:
                 start_ms=since,
                 last_fake_ms=timestamp_ms,
                 last_update_ms=timestamp_ms,
-                p_fake=p_fake,
-                max_p_fake=p_fake,
+                p_smoothed=p_smoothed,
+                max_p_smoothed=p_smoothed,
             )
             self._open[track_id] = state
             self._fake_since.pop(track_id, None)

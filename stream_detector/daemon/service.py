@@ -447,13 +447,13 @@ class Daemon:
             return
         self.metrics.events.labels(run.config.name, event.kind).inc()
         log.info(
-            "event kind=%s camera=%s event_id=%s track=%d p_fake=%.3f max_p_fake=%.3f duration_s=%.1f%s",
+            "event kind=%s camera=%s event_id=%s track=%d p_smoothed=%.3f max_p_smoothed=%.3f duration_s=%.1f%s",
             event.kind,
             run.config.name,
             event.event_id,
             event.track_id,
-            event.p_fake,
-            event.max_p_fake,
+            event.p_smoothed,
+            event.max_p_smoothed,
             event.duration_ms / 1000.0,
             "".join(f" {key}={value}" for key, value in extra.items()),
         )

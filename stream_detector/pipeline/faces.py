@@ -63,6 +63,25 @@ def detector_model_path(model_range: DetectorRange) -> Path:
     return face_model_path(DETECTOR_FILES[model_range])
 
 
+def _import_mediapipe_without_tensorflow() -> None:
+    """Import MediaPipe Tasks without letting it load TensorFlow.
+
+    mediapipe.tasks imports ``tensorflow.tools.docs`` when TensorFlow is installed, only for its API
+    documentation, and falls back to a no-op when it is not. The LiteRT runtime needs no TensorFlow
+    (hundreds of MB and seconds of start-up), so the import is made to take the fallback; TensorFlow
+    itself stays importable afterwards for the Keras backend and training.
+    """
+    import sys
+
+    if "mediapipe.tasks.python" in sys.modules or "tensorflow" in sys.modules:
+        return
+    sys.modules["tensorflow"] = None  # type: ignore[assignment]  # makes the import raise ModuleNotFoundError
+    try:
+        import mediapipe.tasks.python  # noqa: F401
+    finally:
+        del sys.modules["tensorflow"]
+
+
 class MediaPipeFaceDetector:
     """FaceDetector on MediaPipe Tasks. ``video=True`` tracks across frames and needs rising timestamps."""
 
@@ -73,6 +92,7 @@ class MediaPipeFaceDetector:
         min_face_size: int = 24,
         video: bool = True,
     ) -> None:
+        _import_mediapipe_without_tensorflow()
         from mediapipe.tasks.python import BaseOptions, vision
 
         path = detector_model_path(model_range)

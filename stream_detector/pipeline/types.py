@@ -98,8 +98,9 @@ class Event:
     source_id: str
     track_id: int
     timestamp_ms: float
-    p_fake: float
-    max_p_fake: float
+    # The track's smoothed evidence (Verdict.p_smoothed), now and at its highest in this incident.
+    p_smoothed: float
+    max_p_smoothed: float
     duration_ms: float
     snapshot: str | None = None
 

@@ -280,14 +280,14 @@ function updateFace(face, now) {
     faces.set(face.id, entry);
   }
   entry.lastSeen = now;
-  entry.points.push({ t: now, p: face.p_fake, state: face.state });
+  entry.points.push({ t: now, p: face.p_smoothed, state: face.state });
   while (entry.points.length && now - entry.points[0].t > TIMELINE_SECONDS * 1000) entry.points.shift();
   entry.item.className = `face ${face.state}`;
   entry.item.querySelector(".id").textContent = `#${face.id}`;
   const badge = entry.item.querySelector(".state");
   badge.textContent = face.state;
   badge.className = `badge state ${face.state}`;
-  entry.item.querySelector(".p-fake").textContent = face.p_fake.toFixed(2);
+  entry.item.querySelector(".p-fake").textContent = face.p_smoothed.toFixed(2);
   drawTimeline(entry.canvas, entry.points, now);
 }
 

@@ -7,10 +7,10 @@ Offer (request and answer), as in aiortc's examples::
 One DataChannel message (JSON text) per processed frame::
 
     {"type": "verdicts", "frame": 42, "width": 640, "height": 480,
-     "faces": [{"id": 1, "box": [x1, y1, x2, y2], "state": "REAL", "p_fake": 0.07}],
+     "faces": [{"id": 1, "box": [x1, y1, x2, y2], "state": "REAL", "p_smoothed": 0.07}],
      "fps": 29.8, "latency_ms": 21.4, "dropped": 3}
 
-``box`` is in pixels of the frame the server received (``width`` x ``height``); ``p_fake`` is the
+``box`` is in pixels of the frame the server received (``width`` x ``height``); ``p_smoothed`` is the
 smoothed p(fake) behind ``state``; ``latency_ms`` is the server's time from receiving the frame to
 handing back the annotated one; ``dropped`` counts frames skipped so far because the engine was busy.
 """
@@ -68,7 +68,7 @@ def face_entry(verdict: Verdict) -> dict[str, object]:
         "id": int(verdict.id),
         "box": [round(float(value), 1) for value in verdict.box],
         "state": str(verdict.state),
-        "p_fake": round(float(verdict.p_smoothed), 4),
+        "p_smoothed": round(float(verdict.p_smoothed), 4),
     }
 
 
