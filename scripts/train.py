@@ -27,7 +27,7 @@ DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces"
 # faces/gan-b is never trained on: it is the cross-source check (scripts/evaluate.py).
 DEFAULT_DATA = [DEFAULT_FACES / "ffhq-tpdne", DEFAULT_FACES / "dfdc"]
 # The shipped model's recipe (model/MODEL_CARD.md): sized to finish within 120 minutes on 2 cores.
-LOW_EPOCHS = 8
+LOW_EPOCHS = 10
 HIGH_EPOCHS = 1
 CONSISTENCY_WEIGHT = 0.5
 FALSE_ALARM_RATE = 0.01  # per real face, at the recorded FAKE threshold

@@ -13,15 +13,17 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from stream_detector.daemon.events import EventPolicy, WebhookPolicy
 from stream_detector.errors import ConfigError
 from stream_detector.pipeline.engine import EngineSettings
 from stream_detector.pipeline.smoothing import SmootherSettings
 from stream_detector.pipeline.tracking import TrackerSettings
+from stream_detector.settings import Setting, declared_settings, setting
 
 ENV_PATTERN = re.compile(r"\$\{([^}]*)\}")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -38,40 +40,52 @@ MIN_SECRET_LENGTH = 3
 class ReconnectConfig:
     """How a camera is (re)opened. Timeouts bound each blocking call; the backoff spaces attempts."""
 
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 5.0
-    stall_timeout_s: float = 10.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 30.0
-    backoff_multiplier: float = 2.0
-    jitter: float = 0.25
+    open_timeout_s: float = setting(10.0, "longest wait for a stream to open", minimum=0.1, maximum=300.0)
+    read_timeout_s: float = setting(5.0, "longest wait for one read", minimum=0.1, maximum=300.0)
+    stall_timeout_s: float = setting(
+        10.0, "a connected stream with no frame this long is reopened", minimum=0.5, maximum=3600.0
+    )
+    backoff_initial_s: float = setting(
+        1.0, "wait before the first reconnection", minimum=0.01, maximum=3600.0
+    )
+    backoff_max_s: float = setting(30.0, "longest wait between reconnections", minimum=0.01, maximum=86400.0)
+    backoff_multiplier: float = setting(
+        2.0, "each failed attempt multiplies the wait by this", minimum=1.0, maximum=10.0
+    )
+    jitter: float = setting(0.25, "random share added to or taken from each wait", minimum=0.0, maximum=1.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CameraConfig:
     name: str
     url: str = field(repr=False)  # with secrets substituted: never log it, log display_url
     display_url: str
-    enabled: bool = True
+    enabled: bool = setting(True, "false keeps the camera in the file but unwatched")
     # Frames analysed per second (detection, tracking, due faces classified); newer frames replace older
     # ones in between, so a camera's cost is set here and not by its frame rate.
-    process_hz: float = 5.0
-    transport: str = "tcp"  # RTSP over TCP (one connection, no lost packets) or "udp"
+    process_hz: float = setting(
+        5.0,
+        "frames analysed per second; newer frames replace older ones",
+        minimum=0.0,
+        maximum=60.0,
+        exclusive_minimum=True,
+    )
+    transport: str = setting(
+        "tcp", "RTSP over tcp (one connection, no lost packets) or udp", choices=("tcp", "udp")
+    )
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
 
 
 @dataclass(frozen=True)
-class EventsConfig:
-    """When a FAKE verdict becomes an incident, and where incidents are written."""
+class EventsConfig(EventPolicy):
+    """When a FAKE verdict becomes an incident (EventPolicy), and where incidents are written."""
 
-    directory: Path = Path("daemon-output")
-    min_duration_s: float = 2.0
-    end_after_s: float = 3.0
-    cooldown_s: float = 60.0
-    update_interval_s: float = 10.0
-    snapshots: bool = True
-    snapshot_quality: int = 85
-    camera_offline_after_s: float = 60.0  # one alert per outage this long; 0 = no camera alerts
+    directory: Path = setting(Path("daemon-output"), "where events.jsonl and snapshots/ are written")
+    snapshots: bool = setting(True, "save a JPEG of the frame when an incident starts")
+    snapshot_quality: int = setting(85, "JPEG quality of the snapshots", minimum=1, maximum=100)
+    camera_offline_after_s: float = setting(
+        60.0, "one alert per camera outage this long; 0 = no camera alerts", minimum=0.0, maximum=86400.0
+    )
 
     @property
     def jsonl_path(self) -> Path:
@@ -82,23 +96,29 @@ class EventsConfig:
         return self.directory / "snapshots"
 
 
-@dataclass(frozen=True)
-class WebhookConfig:
+@dataclass(frozen=True, kw_only=True)
+class WebhookConfig(WebhookPolicy):
     url: str = field(repr=False)
     display_url: str
-    timeout_s: float = 5.0
-    max_retries: int = 5
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    queue_size: int = 1000
-    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
 class HttpConfig:
-    enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 9108  # 0 picks a free port (tests); the bound port is logged
+    enabled: bool = setting(True, "serve /healthz and /metrics")
+    host: str = setting("127.0.0.1", "address of the ops endpoints (this machine only by default)")
+    port: int = setting(
+        9108, "port of the ops endpoints; 0 picks a free one (logged)", minimum=0, maximum=65535
+    )
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    """The [daemon] table."""
+
+    log_format: str = setting("json", "json (one object a line) or text", choices=("json", "text"))
+    max_batch_frames: int = setting(
+        16, "frames of due cameras classified in one batch", minimum=1, maximum=256
+    )
 
 
 @dataclass(frozen=True)
@@ -108,8 +128,8 @@ class DaemonConfig:
     webhook: WebhookConfig | None = None
     http: HttpConfig = field(default_factory=HttpConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
-    log_format: str = "json"
-    max_batch_frames: int = 16
+    log_format: str = DaemonSection.log_format
+    max_batch_frames: int = DaemonSection.max_batch_frames
     secrets: tuple[str, ...] = field(default=(), repr=False)
     source_path: Path | None = None
 
@@ -266,15 +286,7 @@ def _describe(value: Any) -> str:
 
 
 def _reconnect(table: _Table, defaults: ReconnectConfig) -> ReconnectConfig:
-    config = ReconnectConfig(
-        open_timeout_s=table.number("open_timeout_s", defaults.open_timeout_s, 0.1, 300.0),
-        read_timeout_s=table.number("read_timeout_s", defaults.read_timeout_s, 0.1, 300.0),
-        stall_timeout_s=table.number("stall_timeout_s", defaults.stall_timeout_s, 0.5, 3600.0),
-        backoff_initial_s=table.number("backoff_initial_s", defaults.backoff_initial_s, 0.01, 3600.0),
-        backoff_max_s=table.number("backoff_max_s", defaults.backoff_max_s, 0.01, 86400.0),
-        backoff_multiplier=table.number("backoff_multiplier", defaults.backoff_multiplier, 1.0, 10.0),
-        jitter=table.number("jitter", defaults.jitter, 0.0, 1.0),
-    )
+    config = ReconnectConfig(**read_declared(table, ReconnectConfig, defaults))
     if config.backoff_max_s < config.backoff_initial_s:
         raise table.error(
             "backoff_max_s",
@@ -282,6 +294,38 @@ def _reconnect(table: _Table, defaults: ReconnectConfig) -> ReconnectConfig:
         )
     table.finish()
     return config
+
+
+def read_declared(table: _Table, settings_type: type, defaults: Any | None = None) -> dict[str, Any]:
+    """Every declared setting of a dataclass (stream_detector/settings.py) from its TOML table: typed,
+    bounded, with the declaration's default (or ``defaults``' value) where the key is absent."""
+    values: dict[str, Any] = {}
+    for item, declaration in declared_settings(settings_type):
+        default = getattr(defaults, item.name) if defaults is not None else item.default
+        kind = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", str(item.type))
+        if kind == "bool":
+            values[item.name] = table.boolean(item.name, default)
+        elif kind == "int":
+            values[item.name] = table.integer(
+                item.name, default, int(declaration.minimum), int(declaration.maximum)
+            )
+        elif kind == "float":
+            values[item.name] = table.number(
+                item.name,
+                default,
+                declaration.minimum,
+                declaration.maximum,
+                exclusive_minimum=declaration.exclusive_minimum,
+            )
+        elif kind == "Path":
+            text = table.string(item.name, None)
+            values[item.name] = Path(text) if text else default
+        else:  # str, or str | None
+            text = table.string(item.name, default, choices=declaration.choices)
+            values[item.name] = text if text or default is None else default
+            if values[item.name] is None or values[item.name] == "":
+                values[item.name] = default
+    return values
 
 
 def _url(table: _Table, key: str, schemes: tuple[str, ...], loader: _Loader) -> str:
@@ -315,10 +359,8 @@ def _camera(name: str, table: _Table, reconnect_defaults: ReconnectConfig, loade
         name=name,
         url=url,
         display_url=display_url(url),
-        enabled=table.boolean("enabled", True),
-        process_hz=table.number("process_hz", 5.0, 0.0, 60.0, exclusive_minimum=True),
-        transport=table.string("transport", "tcp", choices=("tcp", "udp")) or "tcp",
         reconnect=_reconnect(table.table("reconnect"), reconnect_defaults),
+        **read_declared(table, CameraConfig),
     )
     table.finish()
     return camera
@@ -340,63 +382,27 @@ def _webhook(table: _Table, loader: _Loader) -> WebhookConfig | None:
         headers.append((header, text))
     headers_table.finish()
     webhook = WebhookConfig(
-        url=url,
-        display_url=display_url(url),
-        timeout_s=table.number("timeout_s", 5.0, 0.1, 120.0),
-        max_retries=table.integer("max_retries", 5, 0, 100),
-        backoff_initial_s=table.number("backoff_initial_s", 1.0, 0.01, 3600.0),
-        backoff_max_s=table.number("backoff_max_s", 60.0, 0.01, 86400.0),
-        queue_size=table.integer("queue_size", 1000, 1, 1_000_000),
-        headers=tuple(headers),
+        url=url, display_url=display_url(url), headers=tuple(headers), **read_declared(table, WebhookPolicy)
     )
     table.finish()
     return webhook
 
 
-def _settings_fields(table: _Table, settings_type: type, bounds: dict[str, tuple[float, float]]) -> dict:
-    """The numeric fields of a settings dataclass present in ``table`` (its defaults stay its own)."""
-    values = {}
-    for item in fields(settings_type):
-        if table.has(item.name):
-            minimum, maximum = bounds.get(item.name, (0.0, 1e6))
-            values[item.name] = table.number(item.name, 0.0, minimum, maximum)
-    table.finish()
-    return values
-
-
 def _engine(table: _Table) -> EngineSettings:
-    model_dir = table.string("model_dir", None)
     smoothing_table = table.table("smoothing")
-    smoothing_values = _settings_fields(
-        smoothing_table,
-        SmootherSettings,
-        {name: (0.0, 1.0) for name in ("fake_enter", "fake_exit", "real_enter", "real_exit")}
-        | {"half_life_ms": (1.0, 600000.0), "min_evidence": (0.0, 1000.0)},
-    )
     try:
-        smoothing = SmootherSettings(**smoothing_values)
+        smoothing = SmootherSettings(**read_declared(smoothing_table, SmootherSettings))
     except ValueError as error:
         raise ConfigError(f"{smoothing_table.path}: {error}") from None
-    tracking = TrackerSettings(**_settings_fields(table.table("tracking"), TrackerSettings, {}))
+    smoothing_table.finish()
+    tracking_table = table.table("tracking")
+    tracking = TrackerSettings(**read_declared(tracking_table, TrackerSettings))
+    tracking_table.finish()
     # Defaults are the engine's own, except the classification rate: the daemon's cost per camera is
     # set by process_hz, and classifying every processed frame at that rate is what it is sized for.
-    defaults = EngineSettings()
+    defaults = replace(EngineSettings(), classify_hz=DAEMON_CLASSIFY_HZ)
     settings = EngineSettings(
-        detector_range=table.string("detector_range", defaults.detector_range, choices=("full", "short"))
-        or defaults.detector_range,
-        min_detection_confidence=table.number(
-            "min_detection_confidence", defaults.min_detection_confidence, 0.0, 1.0
-        ),
-        min_face_size=table.integer("min_face_size", defaults.min_face_size, 1, 4096),
-        min_verdict_face_size=table.integer("min_verdict_face_size", defaults.min_verdict_face_size, 1, 4096),
-        min_sharpness=table.number("min_sharpness", defaults.min_sharpness, 0.0, 1000.0),
-        classify_hz=table.number("classify_hz", DAEMON_CLASSIFY_HZ, 0.0, 60.0),
-        backend=table.string("backend", defaults.backend, choices=("auto", "int8", "fp32", "keras"))
-        or defaults.backend,
-        model_dir=model_dir or None,
-        threads=table.integer("threads", defaults.threads, 1, 64),
-        tracking=tracking,
-        smoothing=smoothing,
+        tracking=tracking, smoothing=smoothing, **read_declared(table, EngineSettings, defaults)
     )
     table.finish()
     return settings
@@ -415,16 +421,11 @@ def parse_config(
     root = _Table(data, "", loader)
 
     daemon = root.table("daemon")
-    log_format = daemon.string("log_format", "json", choices=("json", "text"))
-    max_batch_frames = daemon.integer("max_batch_frames", 16, 1, 256)
+    section = DaemonSection(**read_declared(daemon, DaemonSection))
     daemon.finish()
 
     http_table = root.table("http")
-    http = HttpConfig(
-        enabled=http_table.boolean("enabled", True),
-        host=http_table.string("host", "127.0.0.1") or "",
-        port=http_table.integer("port", 9108, 0, 65535),
-    )
+    http = HttpConfig(**read_declared(http_table, HttpConfig))
     if not http.host:
         raise http_table.error("host", "must not be empty")
     http_table.finish()
@@ -432,18 +433,7 @@ def parse_config(
     engine = _engine(root.table("engine"))
 
     events_table = root.table("events")
-    events = EventsConfig(
-        directory=Path(events_table.string("directory", "daemon-output") or "daemon-output"),
-        min_duration_s=events_table.number("min_duration_s", 2.0, 0.0, 3600.0),
-        end_after_s=events_table.number("end_after_s", 3.0, 0.0, 3600.0),
-        cooldown_s=events_table.number("cooldown_s", 60.0, 0.0, 86400.0),
-        update_interval_s=events_table.number(
-            "update_interval_s", 10.0, 0.0, 86400.0, exclusive_minimum=True
-        ),
-        snapshots=events_table.boolean("snapshots", True),
-        snapshot_quality=events_table.integer("snapshot_quality", 85, 1, 100),
-        camera_offline_after_s=events_table.number("camera_offline_after_s", 60.0, 0.0, 86400.0),
-    )
+    events = EventsConfig(**read_declared(events_table, EventsConfig))
     events_table.finish()
 
     webhook = _webhook(root.table("webhook"), loader)
@@ -471,8 +461,8 @@ def parse_config(
         events=events,
         webhook=webhook,
         http=http,
-        log_format=log_format or "json",
-        max_batch_frames=max_batch_frames,
+        log_format=section.log_format,
+        max_batch_frames=section.max_batch_frames,
         engine=engine,
         secrets=secrets,
         source_path=source_path,
@@ -488,3 +478,59 @@ def load_config(path: str | Path, environment: dict[str, str] | None = None) -> 
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read config file ({error})") from None
     return parse_config(text, environment, source_path=path)
+
+
+def schema() -> dict[str, dict[str, tuple[Any, Setting | None]]]:
+    """Every key the daemon's TOML accepts, per table: (default, declaration). Keys read by hand (a
+    camera's url, the webhook's url and headers) have no declaration."""
+    engine_defaults = replace(EngineSettings(), classify_hz=DAEMON_CLASSIFY_HZ)
+
+    def declared(settings_type: type, defaults: Any | None = None) -> dict[str, tuple[Any, Setting | None]]:
+        return {
+            item.name: (getattr(defaults, item.name) if defaults is not None else item.default, declaration)
+            for item, declaration in declared_settings(settings_type)
+        }
+
+    return {
+        "daemon": declared(DaemonSection),
+        "http": declared(HttpConfig),
+        "engine": declared(EngineSettings, engine_defaults),
+        "engine.smoothing": declared(SmootherSettings),
+        "engine.tracking": declared(TrackerSettings),
+        "events": declared(EventsConfig),
+        "webhook": {"url": (None, None), **declared(WebhookPolicy), "headers": ({}, None)},
+        "reconnect": declared(ReconnectConfig),
+        "cameras.NAME": {"url": (None, None), **declared(CameraConfig)},
+        "cameras.NAME.reconnect": {key: ("[reconnect]'s", None) for key in declared(ReconnectConfig)},
+    }
+
+
+def reference_table() -> str:
+    """The Markdown reference of every key (docs/daemon.md holds it; a test keeps the two equal)."""
+    hand_written = {
+        ("webhook", "url"): "required: http(s) URL each event is POSTed to (`${ENV}` allowed, masked)",
+        ("webhook", "headers"): "table of extra HTTP headers (`${ENV}` allowed, masked)",
+        ("cameras.NAME", "url"): "required: rtsp(s)://, rtmp:// or http(s):// URL (`${ENV}` allowed, masked)",
+    }
+    rows = ["| table | key | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for table, keys in schema().items():
+        for key, (default, declaration) in keys.items():
+            if declaration is None:
+                meaning = hand_written.get((table, key), "as in [reconnect]")
+                allowed = ""
+            else:
+                meaning = declaration.help
+                if declaration.choices:
+                    allowed = " / ".join(declaration.choices)
+                elif declaration.minimum is not None:
+                    low = ">" if declaration.exclusive_minimum else ">="
+                    allowed = f"{low} {declaration.minimum:g}, <= {declaration.maximum:g}"
+                else:
+                    allowed = "true / false" if isinstance(default, bool) else ""
+            shown = (
+                ""
+                if default is None
+                else (str(default).lower() if isinstance(default, bool) else str(default))
+            )
+            rows.append(f"| `[{table}]` | `{key}` | {shown} | {allowed} | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -37,16 +37,50 @@ import cv2
 import numpy as np
 
 from stream_detector.pipeline.types import Event, Verdict, VerdictState
+from stream_detector.settings import setting
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EventPolicy:
-    min_duration_ms: float = 2000.0
-    end_after_ms: float = 3000.0
-    cooldown_ms: float = 60000.0
-    update_interval_ms: float = 10000.0
+    """When a FAKE verdict becomes an incident ([events] in the daemon's config extends this)."""
+
+    min_duration_s: float = setting(
+        2.0, "a track must stay FAKE this long before an incident starts", minimum=0.0, maximum=3600.0
+    )
+    end_after_s: float = setting(
+        3.0, "an incident ends this long after its last FAKE verdict", minimum=0.0, maximum=3600.0
+    )
+    cooldown_s: float = setting(
+        60.0,
+        "after an incident ends, no new one starts on the camera for this long",
+        minimum=0.0,
+        maximum=86400.0,
+    )
+    update_interval_s: float = setting(
+        10.0,
+        "an open incident writes an update this often",
+        minimum=0.0,
+        maximum=86400.0,
+        exclusive_minimum=True,
+    )
+
+    @property
+    def min_duration_ms(self) -> float:
+        return self.min_duration_s * 1000.0
+
+    @property
+    def end_after_ms(self) -> float:
+        return self.end_after_s * 1000.0
+
+    @property
+    def cooldown_ms(self) -> float:
+        return self.cooldown_s * 1000.0
+
+    @property
+    def update_interval_ms(self) -> float:
+        return self.update_interval_s * 1000.0
 
 
 @dataclass
@@ -292,11 +326,20 @@ class WebhookStats:
 
 @dataclass(frozen=True)
 class WebhookPolicy:
-    timeout_s: float = 5.0
-    max_retries: int = 5
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
-    queue_size: int = 1000
+    """How events are POSTed ([webhook] in the daemon's config extends this with the URL)."""
+
+    timeout_s: float = setting(5.0, "timeout of one POST", minimum=0.1, maximum=120.0)
+    max_retries: int = setting(5, "retries of a failed POST before it is given up", minimum=0, maximum=100)
+    backoff_initial_s: float = setting(
+        1.0, "wait before the first retry (doubles each time)", minimum=0.01, maximum=3600.0
+    )
+    backoff_max_s: float = setting(60.0, "longest wait between retries", minimum=0.01, maximum=86400.0)
+    queue_size: int = setting(
+        1000,
+        "events waiting to be sent; beyond it the oldest are dropped (counted)",
+        minimum=1,
+        maximum=1_000_000,
+    )
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 

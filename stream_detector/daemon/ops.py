@@ -58,73 +58,147 @@ class CameraHealth:
     last_error: str | None = None
 
 
+# The daemon's own series: attribute, kind, name, help, labels (and buckets for histograms).
+METRICS = (
+    (
+        "faces",
+        Counter,
+        "stream_detector_faces",
+        "Face detections in processed frames, per camera",
+        ("camera",),
+    ),
+    (
+        "classified",
+        Counter,
+        "stream_detector_classified_faces",
+        "Face crops classified, per camera",
+        ("camera",),
+    ),
+    (
+        "tracks",
+        Counter,
+        "stream_detector_face_tracks",
+        "Distinct faces seen (new face tracks), per camera",
+        ("camera",),
+    ),
+    (
+        "verdicts",
+        Counter,
+        "stream_detector_verdicts",
+        "Per-face verdicts produced, by state",
+        ("camera", "state"),
+    ),
+    (
+        "events",
+        Counter,
+        "stream_detector_events",
+        "Incident events written, by kind (start, update, end; camera_offline, camera_online)",
+        ("camera", "kind"),
+    ),
+    ("open_events", Gauge, "stream_detector_open_events", "Incidents open now", ("camera",)),
+    (
+        "inference_seconds",
+        Histogram,
+        "stream_detector_inference_seconds",
+        "Time to process one batch of frames (detect, crop, classify, track, smooth)",
+        (),
+        LATENCY_BUCKETS,
+    ),
+    (
+        "batch_frames",
+        Histogram,
+        "stream_detector_batch_frames",
+        "Frames (cameras) per engine batch",
+        (),
+        (1, 2, 4, 8, 16, 32, 64),
+    ),
+    (
+        "webhook",
+        Counter,
+        "stream_detector_webhook_posts",
+        "Webhook outcomes: sent, failed (an attempt), given_up, dropped (queue full)",
+        ("result",),
+    ),
+    ("webhook_queue", Gauge, "stream_detector_webhook_queue", "Events waiting for the webhook", ()),
+    (
+        "errors",
+        Counter,
+        "stream_detector_processing_errors",
+        "Frames the engine failed on (skipped), per camera",
+        ("camera",),
+    ),
+)
+# Per-camera series read from CameraHealth at each scrape: kind, name, help, value (None: absent).
+CAMERA_METRICS: tuple[tuple[type, str, str, Callable[[CameraHealth], float | None]], ...] = (
+    (
+        GaugeMetricFamily,
+        "stream_detector_camera_up",
+        "1 when the camera delivers frames",
+        lambda c: float(c.connected),
+    ),
+    (GaugeMetricFamily, "stream_detector_camera_fps", "Frames processed per second", lambda c: c.fps),
+    (
+        GaugeMetricFamily,
+        "stream_detector_camera_capture_fps",
+        "Frames decoded per second",
+        lambda c: c.capture_fps,
+    ),
+    (
+        GaugeMetricFamily,
+        "stream_detector_camera_last_frame_age_seconds",
+        "Seconds since the camera's last frame (absent before the first)",
+        lambda c: c.last_frame_age_s,
+    ),
+    (
+        GaugeMetricFamily,
+        "stream_detector_camera_lag_seconds",
+        "Age of the newest processed frame when its verdicts came out",
+        lambda c: c.lag_s,
+    ),
+    (
+        CounterMetricFamily,
+        "stream_detector_camera_frames_processed",
+        "Frames processed",
+        lambda c: c.frames_processed,
+    ),
+    (
+        CounterMetricFamily,
+        "stream_detector_camera_frames_captured",
+        "Frames decoded",
+        lambda c: c.frames_captured,
+    ),
+    (
+        CounterMetricFamily,
+        "stream_detector_camera_dropped_frames",
+        "Frames decoded but never processed (newer ones replaced them)",
+        lambda c: c.dropped_frames,
+    ),
+    (
+        CounterMetricFamily,
+        "stream_detector_camera_reconnects",
+        "Reconnections after a failure or stall",
+        lambda c: c.reconnects,
+    ),
+    (
+        CounterMetricFamily,
+        "stream_detector_camera_failed_opens",
+        "Connection attempts that failed (refused, timed out, not a stream)",
+        lambda c: c.failed_opens,
+    ),
+)
+
+
 class DaemonMetrics:
-    """The daemon's Prometheus metrics, in their own registry (several daemons can live in one test)."""
+    """The daemon's Prometheus metrics (METRICS, CAMERA_METRICS), in their own registry (several
+    daemons can live in one test)."""
 
     def __init__(self, camera_status: Callable[[], Iterable[CameraHealth]] = tuple) -> None:
         # The *_created series double the exposition for no use on a long-running daemon.
         disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.faces = Counter(
-            "stream_detector_faces",
-            "Face detections in processed frames, per camera",
-            ["camera"],
-            registry=self.registry,
-        )
-        self.classified = Counter(
-            "stream_detector_classified_faces",
-            "Face crops classified, per camera",
-            ["camera"],
-            registry=self.registry,
-        )
-        self.tracks = Counter(
-            "stream_detector_face_tracks",
-            "Distinct faces seen (new face tracks), per camera",
-            ["camera"],
-            registry=self.registry,
-        )
-        self.verdicts = Counter(
-            "stream_detector_verdicts",
-            "Per-face verdicts produced, by state",
-            ["camera", "state"],
-            registry=self.registry,
-        )
-        self.events = Counter(
-            "stream_detector_events",
-            "Incident events written, by kind (start, update, end; camera_offline, camera_online)",
-            ["camera", "kind"],
-            registry=self.registry,
-        )
-        self.open_events = Gauge(
-            "stream_detector_open_events", "Incidents open now", ["camera"], registry=self.registry
-        )
-        self.inference_seconds = Histogram(
-            "stream_detector_inference_seconds",
-            "Time to process one batch of frames (detect, crop, classify, track, smooth)",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_frames = Histogram(
-            "stream_detector_batch_frames",
-            "Frames (cameras) per engine batch",
-            buckets=(1, 2, 4, 8, 16, 32, 64),
-            registry=self.registry,
-        )
-        self.webhook = Counter(
-            "stream_detector_webhook_posts",
-            "Webhook outcomes: sent, failed (an attempt), given_up, dropped (queue full)",
-            ["result"],
-            registry=self.registry,
-        )
-        self.webhook_queue = Gauge(
-            "stream_detector_webhook_queue", "Events waiting for the webhook", registry=self.registry
-        )
-        self.errors = Counter(
-            "stream_detector_processing_errors",
-            "Frames the engine failed on (skipped), per camera",
-            ["camera"],
-            registry=self.registry,
-        )
+        for attribute, kind, name, help_text, labels, *buckets in METRICS:
+            options = {"buckets": buckets[0]} if buckets else {}
+            setattr(self, attribute, kind(name, help_text, list(labels), registry=self.registry, **options))
         self.registry.register(_CameraCollector(camera_status))
         # process_resident_memory_bytes, process_cpu_seconds_total, open fds: the soak's figures, live.
         ProcessCollector(registry=self.registry)
@@ -141,59 +215,16 @@ class _CameraCollector:
         return []
 
     def collect(self):
-        up = GaugeMetricFamily(
-            "stream_detector_camera_up", "1 when the camera delivers frames", labels=["camera"]
-        )
-        fps = GaugeMetricFamily(
-            "stream_detector_camera_fps", "Frames processed per second", labels=["camera"]
-        )
-        capture_fps = GaugeMetricFamily(
-            "stream_detector_camera_capture_fps", "Frames decoded per second", labels=["camera"]
-        )
-        age = GaugeMetricFamily(
-            "stream_detector_camera_last_frame_age_seconds",
-            "Seconds since the camera's last frame (absent before the first)",
-            labels=["camera"],
-        )
-        lag = GaugeMetricFamily(
-            "stream_detector_camera_lag_seconds",
-            "Age of the newest processed frame when its verdicts came out",
-            labels=["camera"],
-        )
-        processed = CounterMetricFamily(
-            "stream_detector_camera_frames_processed", "Frames processed", labels=["camera"]
-        )
-        captured = CounterMetricFamily(
-            "stream_detector_camera_frames_captured", "Frames decoded", labels=["camera"]
-        )
-        dropped = CounterMetricFamily(
-            "stream_detector_camera_dropped_frames",
-            "Frames decoded but never processed (newer ones replaced them)",
-            labels=["camera"],
-        )
-        reconnects = CounterMetricFamily(
-            "stream_detector_camera_reconnects", "Reconnections after a failure or stall", labels=["camera"]
-        )
-        failed_opens = CounterMetricFamily(
-            "stream_detector_camera_failed_opens",
-            "Connection attempts that failed (refused, timed out, not a stream)",
-            labels=["camera"],
-        )
+        families = [
+            (kind(name, help_text, labels=["camera"]), value)
+            for kind, name, help_text, value in CAMERA_METRICS
+        ]
         for camera in self._camera_status():
-            labels = [camera.name]
-            up.add_metric(labels, 1.0 if camera.connected else 0.0)
-            fps.add_metric(labels, camera.fps)
-            capture_fps.add_metric(labels, camera.capture_fps)
-            if camera.last_frame_age_s is not None:
-                age.add_metric(labels, camera.last_frame_age_s)
-            if camera.lag_s is not None:
-                lag.add_metric(labels, camera.lag_s)
-            processed.add_metric(labels, camera.frames_processed)
-            captured.add_metric(labels, camera.frames_captured)
-            dropped.add_metric(labels, camera.dropped_frames)
-            reconnects.add_metric(labels, camera.reconnects)
-            failed_opens.add_metric(labels, camera.failed_opens)
-        yield from (up, fps, capture_fps, age, lag, processed, captured, dropped, reconnects, failed_opens)
+            for family, value in families:
+                reading = value(camera)
+                if reading is not None:
+                    family.add_metric([camera.name], reading)
+        yield from (family for family, _ in families)
 
 
 def health_document(

@@ -25,13 +25,11 @@ from dataclasses import dataclass, field
 from stream_detector.daemon.cameras import ReconnectingCamera, StreamSource
 from stream_detector.daemon.config import CameraConfig, DaemonConfig
 from stream_detector.daemon.events import (
-    EventPolicy,
     EventSinks,
     EventTracker,
     JsonlEventLog,
     OutageMonitor,
     SnapshotWriter,
-    WebhookPolicy,
     WebhookSender,
 )
 from stream_detector.daemon.ops import (
@@ -179,13 +177,8 @@ class Daemon:
         self._heartbeat = time.monotonic()
         self.metrics = DaemonMetrics(self.camera_health)
         self.ops_address: tuple[str, int] | None = None
-        events = config.events
-        self.policy = EventPolicy(
-            min_duration_ms=events.min_duration_s * 1000,
-            end_after_ms=events.end_after_s * 1000,
-            cooldown_ms=events.cooldown_s * 1000,
-            update_interval_ms=events.update_interval_s * 1000,
-        )
+        # EventsConfig is an EventPolicy: the rules read the config's own values.
+        self.policy = config.events
         self.runs: list[_CameraRun] = []
         for camera_config in config.cameras:
             if not camera_config.enabled:
@@ -272,14 +265,7 @@ class Daemon:
             hook = config.webhook
             webhook = WebhookSender(
                 hook.url,
-                WebhookPolicy(
-                    hook.timeout_s,
-                    hook.max_retries,
-                    hook.backoff_initial_s,
-                    hook.backoff_max_s,
-                    hook.queue_size,
-                    hook.headers,
-                ),
+                hook,  # a WebhookConfig is the sender's WebhookPolicy plus its URL
                 display_url=hook.display_url,
                 on_result=lambda result: self.metrics.webhook.labels(result).inc(),
             )

@@ -50,6 +50,7 @@ from stream_detector.pipeline.meters import RateMeter, monotonic_ms
 from stream_detector.pipeline.smoothing import Smoother, SmootherSettings
 from stream_detector.pipeline.tracking import Tracker, TrackerSettings, appearance_descriptor
 from stream_detector.pipeline.types import Classifier, FaceDetector, Frame, TrackedFace, Verdict
+from stream_detector.settings import setting
 
 STAGES = ("detect", "track", "crop", "classify", "smooth")
 
@@ -58,15 +59,36 @@ STAGES = ("detect", "track", "crop", "classify", "smooth")
 class EngineSettings:
     """Everything that shapes the engine's behaviour; the daemon's TOML maps onto these fields."""
 
-    detector_range: str = "full"  # "full" (up to ~5 m) or "short" (within ~2 m, faster)
-    min_detection_confidence: float = 0.5
-    min_face_size: int = 24  # px; the detector drops smaller boxes altogether
-    min_verdict_face_size: int = 48  # px; smaller faces are tracked and shown but stay UNCERTAIN
-    min_sharpness: float = 0.25  # crop_sharpness() of the 224 px crop; below: too blurred
-    classify_hz: float = 15.0  # classifications per second per face; 0 = every frame
-    backend: str = "auto"  # auto | int8 | fp32 | keras (see classifier.load_classifier)
-    model_dir: str | None = None
-    threads: int = 2
+    detector_range: str = setting(
+        "full", "BlazeFace model: full (up to ~5 m) or short (within ~2 m, faster)", choices=("full", "short")
+    )
+    min_detection_confidence: float = setting(0.5, "BlazeFace score a face needs", minimum=0.0, maximum=1.0)
+    min_face_size: int = setting(
+        24, "px; the detector drops smaller boxes altogether", minimum=1, maximum=4096
+    )
+    min_verdict_face_size: int = setting(
+        48, "px; smaller faces are tracked and shown but stay UNCERTAIN", minimum=1, maximum=4096
+    )
+    min_sharpness: float = setting(
+        0.25,
+        "crop_sharpness() of the 224 px crop below which a face is too blurred to judge",
+        minimum=0.0,
+        maximum=1000.0,
+    )
+    classify_hz: float = setting(
+        15.0, "classifications per second per face; 0 = every frame", minimum=0.0, maximum=60.0
+    )
+    backend: str = setting(
+        "auto",
+        "classifier: auto (the fastest present), int8, fp32, keras",
+        choices=("auto", "int8", "fp32", "keras"),
+    )
+    model_dir: str | None = setting(
+        None, "folder of the model files (default: the search path, docs/development.md)"
+    )
+    threads: int = setting(
+        2, "threads for the classifier and the shared detector pool", minimum=1, maximum=64
+    )
     tracking: TrackerSettings = field(default_factory=TrackerSettings)
     smoothing: SmootherSettings = field(default_factory=SmootherSettings)
 

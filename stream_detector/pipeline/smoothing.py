@@ -26,19 +26,32 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from stream_detector.pipeline.types import TrackedFace, Verdict, VerdictState
+from stream_detector.settings import setting
 
 
 @dataclass(frozen=True)
 class SmootherSettings:
-    half_life_ms: float = 1000.0
-    min_evidence: float = 4.0
-    # At least the shipped model's 1 %-false-alarm score on real validation faces (0.779,
-    # model/training.json, "fake_threshold_at_1pct_false_alarms"; tests/test_smoothing.py checks it):
-    # in a live call a false FAKE costs more than a late one.
-    fake_enter: float = 0.78
-    fake_exit: float = 0.55
-    real_enter: float = 0.30
-    real_exit: float = 0.45
+    half_life_ms: float = setting(
+        1000.0, "a score weighs half as much this long after it arrived", minimum=1.0, maximum=600000.0
+    )
+    min_evidence: float = setting(
+        4.0, "decayed number of scores a verdict needs; UNCERTAIN below", minimum=0.0, maximum=1000.0
+    )
+    # The live threshold recorded by scripts/evaluate_clips.py --choose-threshold in
+    # model/training.json ("live_threshold"), never below the 1 %-false-alarm score of the validation
+    # faces; tests/test_smoothing.py checks that this default follows the record.
+    fake_enter: float = setting(
+        0.78, "smoothed p(fake) at which a face becomes FAKE", minimum=0.0, maximum=1.0
+    )
+    fake_exit: float = setting(
+        0.55, "a FAKE face stays FAKE until its mean falls below this", minimum=0.0, maximum=1.0
+    )
+    real_enter: float = setting(
+        0.30, "smoothed p(fake) at which a face becomes REAL", minimum=0.0, maximum=1.0
+    )
+    real_exit: float = setting(
+        0.45, "a REAL face stays REAL until its mean rises above this", minimum=0.0, maximum=1.0
+    )
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.real_enter <= self.real_exit <= self.fake_exit <= self.fake_enter <= 1.0):

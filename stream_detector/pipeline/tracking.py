@@ -22,23 +22,40 @@ import cv2
 import numpy as np
 
 from stream_detector.pipeline.types import Faces, TrackedFace
+from stream_detector.settings import setting
 
 APPEARANCE_SIZE = 16
 
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    # A track keeps matching by motion this long after its last detection (missed detections, occlusion).
-    max_missing_ms: float = 500.0
-    # A lost track can be re-identified by appearance this long after its last detection, then is forgotten.
-    reidentify_ms: float = 5000.0
-    min_iou: float = 0.15
-    # Detections whose centre is within this fraction of the track's size still match when IoU is low
-    # (fast motion at low frame rates).
-    max_centre_distance: float = 0.6
-    min_appearance_similarity: float = 0.6
-    # Predictions extrapolate velocity at most this far, so a track lost mid-motion does not fly off.
-    max_prediction_ms: float = 300.0
+    max_missing_ms: float = setting(
+        500.0,
+        "a track keeps matching by motion this long after its last detection",
+        minimum=0.0,
+        maximum=60000.0,
+    )
+    reidentify_ms: float = setting(
+        5000.0,
+        "a lost track can be re-identified by appearance this long, then is forgotten",
+        minimum=0.0,
+        maximum=600000.0,
+    )
+    min_iou: float = setting(
+        0.15, "box overlap a detection needs to continue a track", minimum=0.0, maximum=1.0
+    )
+    max_centre_distance: float = setting(
+        0.6,
+        "centre distance (fraction of the track's size) that still matches at low IoU",
+        minimum=0.0,
+        maximum=10.0,
+    )
+    min_appearance_similarity: float = setting(
+        0.6, "thumbnail similarity a re-identification needs", minimum=0.0, maximum=1.0
+    )
+    max_prediction_ms: float = setting(
+        300.0, "velocity is extrapolated at most this far", minimum=0.0, maximum=60000.0
+    )
 
 
 @dataclass

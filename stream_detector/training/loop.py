@@ -90,13 +90,23 @@ class AugmentedBatches:
             if landmarks is not None
             else set()
         )
-        self.blended_pairs = len(blendable)
-        self._units = [
-            [(i, False), (i, True)] if i in blendable else [(i, False)] for i in range(len(self._crops))
-        ]
+        self._blendable = np.array(sorted(blendable), dtype=np.int64)
+        self._reals = np.flatnonzero(self._labels == 0)
+        self._fakes = np.flatnonzero(self._labels == 1)
+        if landmarks is not None:
+            # Balanced epochs: every real once; half of them (at most) with its blend right after it;
+            # real fakes drawn afresh each epoch to make up the other half of the fake class. With
+            # twice as many fakes as reals the network settled on the prior and its ReLUs died
+            # (model card, "Experiments": the first v1 run).
+            self.blended_pairs = min(len(self._blendable), len(self._reals) // 2)
+            self._fakes_per_epoch = min(len(self._fakes), len(self._reals) - self.blended_pairs)
+        else:
+            self.blended_pairs = 0
+            self._fakes_per_epoch = len(self._fakes)
 
     def __len__(self) -> int:
-        return len(self._labels) + self.blended_pairs
+        """Images per epoch."""
+        return len(self._reals) + self.blended_pairs + self._fakes_per_epoch
 
     @property
     def rng_state(self) -> dict:
@@ -113,9 +123,11 @@ class AugmentedBatches:
         return len(self) // self.batch_size
 
     def _epoch_order(self) -> list[tuple[int, bool]]:
-        order = self._rng.permutation(len(self._units))
-        pairs = [self._units[i] for i in order if len(self._units[i]) == 2]
-        singles = [self._units[i][0] for i in order if len(self._units[i]) == 1]
+        blended = set(self._rng.permutation(self._blendable)[: self.blended_pairs].tolist())
+        fakes = self._rng.permutation(self._fakes)[: self._fakes_per_epoch].tolist()
+        pairs = [[(int(i), False), (int(i), True)] for i in self._reals if i in blended]
+        others = [int(i) for i in self._reals if i not in blended] + fakes
+        singles = [(others[i], False) for i in self._rng.permutation(len(others))]
         # Singles two by two, so that every unit is two images and no real/blend pair straddles batches.
         units = pairs + [singles[i : i + 2] for i in range(0, len(singles) - 1, 2)]
         return [item for position in self._rng.permutation(len(units)) for item in units[position]]
@@ -297,7 +309,8 @@ def train(
     import keras
     from tqdm import tqdm
 
-    optimizer = keras.optimizers.Adam(schedule.learning_rate)
+    # Clipped: one large early step can silence the ReLUs of the narrow (16-channel) last convolutions.
+    optimizer = keras.optimizers.Adam(schedule.learning_rate, global_clipnorm=1.0)
     if batches.paired != (schedule.consistency_weight > 0):
         raise ValueError("a consistency weight needs paired batches, and paired batches need one")
     consistency = keras.Variable(0.0, trainable=False, dtype="float32", name="consistency_weight")

@@ -12,7 +12,7 @@ import pytest
 from stream_detector.pipeline.overlay import STATE_COLOURS
 from tools.media import moving_face_frames, write_video
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_webcam(*arguments, env=None, timeout=60):

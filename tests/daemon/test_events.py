@@ -20,7 +20,7 @@ from stream_detector.daemon.events import (
 from stream_detector.pipeline.types import Verdict, VerdictState
 
 FAKE, REAL, UNCERTAIN = VerdictState.FAKE, VerdictState.REAL, VerdictState.UNCERTAIN
-POLICY = EventPolicy(min_duration_ms=1000, end_after_ms=1000, cooldown_ms=5000, update_interval_ms=3000)
+POLICY = EventPolicy(min_duration_s=1.0, end_after_s=1.0, cooldown_s=5.0, update_interval_s=3.0)
 
 
 def verdict(track_id: int, state: VerdictState, p: float = 0.9) -> Verdict:
@@ -97,7 +97,7 @@ def test_cooldown_turns_a_flapping_face_into_one_alert_per_cooldown():
         9000,
         17000,
     ]  # first at once; the next only after 5 s of cooldown
-    no_cooldown = EventTracker("door", EventPolicy(1000, 1000, 0, 3000))
+    no_cooldown = EventTracker("door", EventPolicy(1.0, 1.0, 0.0, 3.0))
     assert len([e for e in feed(no_cooldown, timeline) if e[1] == "start"]) == 5
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import stream_detector  # noqa: F401  (pylibsrtp before TensorFlow)
 from stream_detector.webrtc.server import STATE_KEY, create_app
-from tests.test_webrtc import loopback_settings, overlay_pixels, serving
+from tests.webrtc.test_server import loopback_settings, overlay_pixels, serving
 from tools.browser import chromium, find_chromium, write_y4m
 from tools.media import background, compose, head_patch, moving_face_path, write_video
 
@@ -47,7 +47,7 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def test_browser_without_camera_permission_says_so(chromium_path: str) -> None:
-    from tests.test_webrtc import FakeAnnotator
+    from tests.webrtc.test_server import FakeAnnotator
 
     async def scenario() -> tuple[str, str, bool, int]:
         app = create_app(loopback_settings(), FakeAnnotator())

@@ -24,7 +24,7 @@ from tools.waiting import wait_until
 
 rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "Top$ecret-77"
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from stream_detector.errors import StreamDetectorError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_script(name):

@@ -5,7 +5,7 @@ import pytest
 from stream_detector.daemon.config import ReconnectConfig, display_url, load_config, mask, parse_config
 from stream_detector.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 MINIMAL = """
 [cameras.door]
@@ -188,3 +188,41 @@ def test_missing_and_unreadable_files(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(binary)
+
+
+def test_the_example_config_shows_only_declared_keys_with_their_declared_defaults():
+    import re
+    import tomllib
+
+    from stream_detector.daemon.config import schema
+
+    keys = schema()
+    table = None
+    checked = 0
+    for line in (REPO / "configs" / "daemon.toml").read_text().splitlines():
+        heading = re.match(r"^#?\s*\[([A-Za-z0-9_.-]+)\]", line)
+        if heading:
+            table = heading.group(1)
+            continue
+        match = re.match(r"^#?\s*([a-z_]+)\s*=\s*(\S.*?)\s*(#.*)?$", line)
+        if not match or table is None or table.startswith("cameras"):
+            continue
+        key, value = match.group(1), match.group(2)
+        assert key in keys[table], f"configs/daemon.toml: [{table}] {key} is not a declared key"
+        default = keys[table][key][0]
+        if value == "..." or key in ("url", "headers", "model_dir"):
+            continue
+        shown = tomllib.loads(f"v = {value}")["v"]
+        assert shown == (str(default) if isinstance(default, Path) else default), (
+            f"configs/daemon.toml shows [{table}] {key} = {value}, the declared default is {default!r}"
+        )
+        checked += 1
+    assert checked > 25
+
+
+def test_the_reference_table_in_the_docs_is_the_generated_one():
+    from stream_detector.daemon.config import reference_table
+
+    assert reference_table() in (REPO / "docs" / "daemon.md").read_text(), (
+        "docs/daemon.md's key table is stale: paste stream_detector.daemon.config.reference_table()"
+    )
