@@ -1,4 +1,4 @@
-.PHONY: setup run test lint format
+.PHONY: setup run test test-fast lint format
 
 setup:
 	bash scripts/setup.sh
@@ -12,6 +12,10 @@ test: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+# Pure logic only (no model, no MediaPipe, no servers, no subprocesses): well under a minute.
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 format:
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

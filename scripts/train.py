@@ -24,11 +24,13 @@ from stream_detector.errors import StreamDetectorError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces"
+# The model v1 starts from (its weights and its training record, shipped in the repository).
+PREVIOUS = REPO / "model" / "v0.3"
 # faces/gan-b is never trained on: it is the cross-source check (scripts/evaluate.py).
 DEFAULT_DATA = [DEFAULT_FACES / "ffhq-tpdne", DEFAULT_FACES / "dfdc"]
 # The shipped model's recipe (model/MODEL_CARD.md): sized to finish within 120 minutes on 2 cores.
-LOW_EPOCHS = 10
-HIGH_EPOCHS = 1
+LOW_EPOCHS = 5
+HIGH_EPOCHS = 2
 CONSISTENCY_WEIGHT = 0.5
 FALSE_ALARM_RATE = 0.01  # per real face, at the recorded FAKE threshold
 
@@ -101,8 +103,25 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its checkpoint"
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=PREVIOUS / "detector.keras",
+        help="start from this .keras model's weights (default: v0.3, model/v0.3/; from scratch the "
+        "network's ReLUs died within an epoch on this data, model card 'Experiments'); --no-init: fresh",
+    )
+    parser.add_argument("--no-init", dest="init_from", action="store_const", const=None)
+    parser.add_argument(
+        "--keep-in-train",
+        type=Path,
+        default=PREVIOUS / "training.json",
+        help="the training record of --init-from's model: its train and validation files stay in train, "
+        "so no face it saw reaches validation or test",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--learning-rate", type=float, default=3e-4, help="peak learning rate (fine-tuning from --init-from)"
+    )
     parser.add_argument(
         "--limit", type=int, default=0, help="use at most this many images per source (smoke runs)"
     )
@@ -233,7 +252,24 @@ def main(argv: list[str] | None = None) -> int:
         from stream_detector.training.reference import reference_sources
 
         sources = reference_sources(sources)
-    splits = split_sources(sources, seed=arguments.seed)
+    keep = None
+    if arguments.init_from is None or arguments.reference:
+        arguments.keep_in_train = None
+    if arguments.init_from and not arguments.keep_in_train:
+        raise StreamDetectorError(
+            "--init-from needs --keep-in-train: the faces that model saw must not reach the test split"
+        )
+    if arguments.keep_in_train:
+        if not arguments.keep_in_train.is_file():
+            raise StreamDetectorError(f"--keep-in-train: no training record at {arguments.keep_in_train}")
+        earlier = json.loads(arguments.keep_in_train.read_text())["splits"]
+        keep = {
+            file for part in ("train", "validation") for files in earlier[part].values() for file in files
+        }
+        print(
+            f"keep in train: {len(keep)} files an earlier model trained or chose on ({arguments.keep_in_train})"
+        )
+    splits = split_sources(sources, seed=arguments.seed, keep_in_train=keep)
     for part in ("train", "validation", "test"):
         counts = {name: len(faces) for name, faces in getattr(splits, part).items()}
         print(f"split {part}: {counts}")
@@ -306,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             consistency_weight=arguments.consistency_weight,
         )
         model = build_model(input_size=None)
+        if arguments.init_from:
+            from stream_detector.pipeline.model import load_keras_model  # a missing file: one line
+
+            # The same weights for any input size (global pooling): the 224 model's go straight in.
+            model.set_weights(load_keras_model(arguments.init_from).get_weights())
+            print(f"init: weights of {arguments.init_from}")
         batches = AugmentedBatches(
             list(train_sets.values()),
             arguments.batch_size,
@@ -321,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             "self_blend": arguments.self_blend,
             "match_sharpness": arguments.match_sharpness,
             "without_fakes_of": sorted(arguments.without_fakes_of),
+            "init_from": str(arguments.init_from) if arguments.init_from else None,
+            "keep_in_train": str(arguments.keep_in_train) if arguments.keep_in_train else None,
             "limit": arguments.limit,
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
@@ -374,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         "self_blend": bool(arguments.self_blend and not arguments.reference),
         "match_sharpness": bool(arguments.match_sharpness and not arguments.reference),
         "without_fakes_of": sorted(arguments.without_fakes_of),
+        "init_from": str(arguments.init_from) if arguments.init_from else None,
+        "keep_in_train": str(arguments.keep_in_train) if arguments.keep_in_train else None,
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

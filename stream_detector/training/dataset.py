@@ -282,14 +282,28 @@ class _CacheUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def split_by_group(groups: list[str], fractions: dict[str, float], seed: int = 0) -> dict[str, list[int]]:
-    """Indices per split so that every group lands in exactly one split (no identity on two sides)."""
-    unique = sorted(set(groups))
+def split_by_group(
+    groups: list[str], fractions: dict[str, float], seed: int = 0, forced: dict[str, str] | None = None
+) -> dict[str, list[int]]:
+    """Indices per split so that every group lands in exactly one split (no identity on two sides).
+    ``forced``: group -> split for groups whose place is already decided (faces an earlier model was
+    trained on must stay in train, never reach a split that reports); the others are split at random."""
+    forced = {group: split for group, split in (forced or {}).items() if group in set(groups)}
+    unique = sorted(set(groups) - set(forced))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(unique))
     names = list(fractions)
-    bounds = np.cumsum([fractions[name] for name in names]) / sum(fractions.values())
-    assignment = {}
+    total = len(unique) + len(forced)
+    # What each split still needs after the forced groups, so the whole comes as near the fractions
+    # as it can (forced groups beyond a split's share leave the rest to the other splits).
+    wanted = np.array(
+        [
+            max(0.0, fractions[name] / sum(fractions.values()) * total - sum(v == name for v in forced.values()))
+            for name in names
+        ]
+    )
+    bounds = np.cumsum(wanted) / max(wanted.sum(), 1e-9)
+    assignment = dict(forced)
     for rank, position in enumerate(order):
         share = (rank + 0.5) / len(unique)
         assignment[unique[position]] = names[int(np.searchsorted(bounds, share))]

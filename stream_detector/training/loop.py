@@ -33,11 +33,24 @@ class Splits:
     test: dict[str, FaceSet]
 
 
-def split_sources(sources: dict[str, FaceSet], seed: int) -> Splits:
-    """Split each source by identity group (DFDC's groups.csv; each file its own group elsewhere)."""
+def split_sources(sources: dict[str, FaceSet], seed: int, keep_in_train: set[str] | None = None) -> Splits:
+    """Split each source by identity group (DFDC's groups.csv; each file its own group elsewhere).
+    ``keep_in_train``: file names (relative_name's) whose groups must be in train: the faces a model we
+    start from was trained or chosen on."""
+    from stream_detector.training.dataset import in_file_list
+
     train, validation, test = {}, {}, {}
     for name, faces in sources.items():
-        parts = split_by_group(faces.groups, SPLIT_FRACTIONS, seed=seed)
+        forced = (
+            {
+                group: "train"
+                for file, group in zip(faces.files, faces.groups, strict=True)
+                if in_file_list(file, keep_in_train)
+            }
+            if keep_in_train
+            else None
+        )
+        parts = split_by_group(faces.groups, SPLIT_FRACTIONS, seed=seed, forced=forced)
         train[name] = faces.subset(parts["train"], f"{name}/train")
         validation[name] = faces.subset(parts["validation"], f"{name}/validation")
         test[name] = faces.subset(parts["test"], f"{name}/test")

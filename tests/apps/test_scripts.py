@@ -11,6 +11,9 @@ import pytest
 
 from stream_detector.errors import StreamDetectorError
 
+# Subprocesses, real servers, threads on real clocks or TensorFlow: not the fast lane (make test-fast).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -12,6 +12,9 @@ import pytest
 from stream_detector.pipeline.overlay import STATE_COLOURS
 from tools.media import moving_face_frames, write_video
 
+# Subprocesses, real servers, threads on real clocks or TensorFlow: not the fast lane (make test-fast).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 

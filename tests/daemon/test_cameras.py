@@ -18,6 +18,9 @@ from tools import rtsp_server
 from tools.rtsp_server import free_port
 from tools.waiting import wait_until
 
+# Subprocesses, real servers, threads on real clocks or TensorFlow: not the fast lane (make test-fast).
+pytestmark = pytest.mark.slow
+
 rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 
 FAST = ReconnectConfig(

@@ -22,6 +22,9 @@ from stream_detector.pipeline.types import Frame, TrackedFace, Verdict, VerdictS
 from tools import rtsp_server
 from tools.waiting import wait_until
 
+# Subprocesses, real servers, threads on real clocks or TensorFlow: not the fast lane (make test-fast).
+pytestmark = pytest.mark.slow
+
 rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 
 REPO = Path(__file__).resolve().parents[2]

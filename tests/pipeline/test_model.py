@@ -9,6 +9,7 @@ from stream_detector.pipeline.model import (
 )
 
 
+@pytest.mark.slow
 def test_reference_layer_stack_and_parameter_count():
     model = build_model()
     kinds = [type(layer).__name__ for layer in model.layers]

@@ -122,6 +122,7 @@ def test_each_blendable_real_comes_with_its_blend_in_the_same_batch_through_the_
     assert images.shape == (8, 96, 96, 3)
 
 
+@pytest.mark.slow
 def test_training_resumes_after_its_last_epoch_and_refuses_other_settings(tmp_path):
     from stream_detector.errors import StreamDetectorError
     from stream_detector.pipeline.model import build_model

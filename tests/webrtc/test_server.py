@@ -34,6 +34,9 @@ from stream_detector.webrtc.worker import Annotated, FrameWorker
 from tools.waiting import wait_until_async as wait_until
 from tools.webrtc_client import StampedTrack, read_stamp, start_call, write_stamp
 
+# Subprocesses, real servers, threads on real clocks or TensorFlow: not the fast lane (make test-fast).
+pytestmark = pytest.mark.slow
+
 LOOPBACK = ("127.0.0.1",)
 FAKE_BOX = (200.0, 140.0, 360.0, 300.0)
 FAKE_COLOUR_BGR = (255, 0, 255)  # magenta: absent from the plain test frames
