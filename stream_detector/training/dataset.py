@@ -298,7 +298,10 @@ def split_by_group(
     # as it can (forced groups beyond a split's share leave the rest to the other splits).
     wanted = np.array(
         [
-            max(0.0, fractions[name] / sum(fractions.values()) * total - sum(v == name for v in forced.values()))
+            max(
+                0.0,
+                fractions[name] / sum(fractions.values()) * total - sum(v == name for v in forced.values()),
+            )
             for name in names
         ]
     )
