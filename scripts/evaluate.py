@@ -7,7 +7,8 @@
 Metrics per --data folder (keyed by the path as given) and over all of them ("all"): accuracy,
 precision, recall, F1, confusion matrix, ROC-AUC, EER, TPR at 1% FPR, Brier score, ECE. With
 --robustness, the same after JPEG re-compression at quality 90/70/50 and after a 112 px round trip.
---split test keeps only the files that training set aside as its test split (model/training.json).
+--split test keeps only the files that training set aside as its test split (model/training.json); a
+folder of a source the model never trained on (faces/gan-b) is evaluated whole.
 --equalise-compression gives lossless files the JPEG-75 history of the fakes first, as training does.
 Every folder also gets a confound audit (stream_detector/training/confounds.py): per image statistic
 (sharpness, blockiness, face size, brightness, saturation) its own AUC, the model's AUC within its
@@ -192,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     from stream_detector.training.metrics import binary_metrics, reliability_bins, roc_curve
 
     data = arguments.data or [str(DEFAULT_DATA)]
-    keep = None
+    split_files: dict[str, set[str]] | None = None
     if arguments.split:
         record_path = arguments.training_record or arguments.model.parent / "training.json"
         if not record_path.is_file():
             raise StreamDetectorError(f"--split needs the training record: {record_path} not found")
         record = json.loads(record_path.read_text())
-        keep = {file for files in record["splits"][arguments.split].values() for file in files}
+        split_files = {source: set(files) for source, files in record["splits"][arguments.split].items()}
     predictor = Predictor(arguments.model)
     conditions = CONDITIONS if arguments.robustness else {"clean": None}
     report: dict = {
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     pooled: dict[str, tuple[list, list]] = {name: ([], []) for name in conditions}
     for entry in data:
+        # --split applies to the sources the model was trained on; a source it never saw (gan-b) is
+        # evaluated whole: none of it chose anything.
+        keep = None if split_files is None else split_files.get(Path(entry).name)
         sets = load_folder(Path(entry), arguments, keep)
         labels = np.concatenate([faces.labels for faces in sets])
         crops = [crop for faces in sets for crop in faces.crops]

@@ -253,12 +253,18 @@ def load_face_set(
     )
     _warn_unreadable(folder, result.unreadable_files)
     if cache_path:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_path.with_suffix(".tmp")
-        with temporary.open("wb") as handle:
-            pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        temporary.replace(cache_path)
+        write_pickle(cache_path, result)
     return result
+
+
+def write_pickle(path: Path, value: object) -> None:
+    """Pickle to a file atomically: an interrupted write never leaves a half file under the name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    with temporary.open("wb") as handle:
+        pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    temporary.replace(path)
 
 
 def _warn_unreadable(folder: Path, files: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from stream_detector.errors import StreamDetectorError
 from stream_detector.pipeline.faces import face_model_path
+from stream_detector.training.dataset import write_pickle
 
 LANDMARK_MODEL_FILE = "face_landmark.tflite"
 LANDMARK_INPUT = 192
@@ -70,9 +71,5 @@ def landmarks_for_crops(
     if crops and not any(points is not None for points in found):
         raise StreamDetectorError(f"{name}: FaceMesh found no face landmarks in any of {len(crops)} crops")
     if cache_path:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache_path.with_suffix(".tmp")
-        with temporary.open("wb") as handle:
-            pickle.dump(found, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        temporary.replace(cache_path)
+        write_pickle(cache_path, found)
     return found

@@ -433,13 +433,10 @@ def train(
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: an interrupted write never replaces the last good checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with temporary.open("wb") as handle:
-        pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    temporary.replace(path)
+    """Written atomically: an interrupted write never replaces the last good checkpoint."""
+    from stream_detector.training.dataset import write_pickle
+
+    write_pickle(path, state)
 
 
 def load_checkpoint(path: Path | None, settings: dict) -> dict:

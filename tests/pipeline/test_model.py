@@ -49,3 +49,37 @@ def test_platt_scaling_recovers_a_known_miscalibration_and_folds_exactly():
     # train.py derives the calibrated validation scores with apply_platt_scaling, not a second pass.
     np.testing.assert_allclose(apply_platt_scaling(before, slope, intercept), expected, atol=1e-6)
     np.testing.assert_allclose(after, expected, atol=1e-5)
+
+
+def test_model_files_are_found_on_the_search_path_or_named_where_they_were_looked_for(tmp_path, monkeypatch):
+    from stream_detector.errors import ModelError
+    from stream_detector.pipeline import model
+
+    # The source checkout is first on the path (editable installs, tests), and holds the files.
+    monkeypatch.delenv(model.MODEL_DIR_ENVIRONMENT, raising=False)
+    assert model.model_dir() == model.CHECKOUT_MODEL_DIR
+    # An installed package without a checkout: the data folder pip put the files in.
+    installed = tmp_path / "share" / "stream-detector" / "model"
+    installed.mkdir(parents=True)
+    (installed / model.TFLITE_INT8_FILE).write_bytes(b"x")
+    monkeypatch.setattr(model, "CHECKOUT_MODEL_DIR", tmp_path / "no-checkout" / "model")
+    monkeypatch.setattr(model, "INSTALLED_MODEL_DIR", installed)
+    assert model.model_dir() == installed
+    # Nowhere: one line naming every place looked in.
+    monkeypatch.setenv(model.MODEL_DIR_ENVIRONMENT, str(tmp_path / "empty"))
+    with pytest.raises(ModelError, match="model files not found; looked in .*empty"):
+        model.model_dir()
+
+
+def test_the_wheel_carries_the_model_and_the_face_model_checksums():
+    import tomllib
+
+    from tests.conftest import REPO
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = project["data-files"]["share/stream-detector/model"]
+    assert {"model/detector_int8.tflite", "model/detector_fp32.tflite", "model/detector.keras"} <= set(
+        shipped
+    )
+    assert all((REPO / name).is_file() for name in shipped)
+    assert "pipeline/face_models.sha256" in project["package-data"]["stream_detector"]
