@@ -358,7 +358,8 @@ def _camera(name: str, table: _Table, reconnect_defaults: ReconnectConfig, loade
     camera = CameraConfig(
         name=name,
         url=url,
-        display_url=display_url(url),
+        # Secrets substituted anywhere in the URL (path, query, fragment), not only its password.
+        display_url=mask(display_url(url), loader.secrets),
         reconnect=_reconnect(table.table("reconnect"), reconnect_defaults),
         **read_declared(table, CameraConfig),
     )
@@ -382,7 +383,10 @@ def _webhook(table: _Table, loader: _Loader) -> WebhookConfig | None:
         headers.append((header, text))
     headers_table.finish()
     webhook = WebhookConfig(
-        url=url, display_url=display_url(url), headers=tuple(headers), **read_declared(table, WebhookPolicy)
+        url=url,
+        display_url=mask(display_url(url), loader.secrets),
+        headers=tuple(headers),
+        **read_declared(table, WebhookPolicy),
     )
     table.finish()
     return webhook

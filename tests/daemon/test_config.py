@@ -226,3 +226,34 @@ def test_the_reference_table_in_the_docs_is_the_generated_one():
     assert reference_table() in (REPO / "docs" / "daemon.md").read_text(), (
         "docs/daemon.md's key table is stale: paste stream_detector.daemon.config.reference_table()"
     )
+
+
+def test_secrets_substituted_anywhere_in_a_url_are_masked_in_what_is_shown(capsys, tmp_path):
+    from stream_detector import cli
+
+    environment = {"CAM_TOKEN": "tok-in-path-123", "CAM_PW": "pw-in-query-456", "HOOK": "hook-frag-789"}
+    text = """
+[cameras.door]
+url = "http://cam.local/${CAM_TOKEN}/video.mjpg?password=${CAM_PW}"
+[webhook]
+url = "https://alerts.example.com/hook#${HOOK}"
+"""
+    config = parse_config(text, environment=environment)
+    shown = config.cameras[0].display_url + " " + config.webhook.display_url
+    assert all(secret not in shown for secret in environment.values()), shown
+    assert "cam.local" in shown and "***" in shown
+    # daemon --check prints the cameras: the journal of a systemd ExecStartPre must not get the secrets.
+    path = tmp_path / "daemon.toml"
+    path.write_text(text)
+    import os
+
+    for name, value in environment.items():
+        os.environ[name] = value
+    try:
+        assert cli.main(["daemon", "--config", str(path), "--check"]) == 0
+    finally:
+        for name in environment:
+            del os.environ[name]
+    output = capsys.readouterr()
+    assert all(secret not in output.out + output.err for secret in environment.values())
+    assert "door: http://cam.local/***/video.mjpg?password=***" in output.out
