@@ -73,6 +73,26 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def image_dimensions(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from an image file's header alone, or None when Pillow cannot tell."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check would refuse the header we want to read; ours follows it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as image:
+                    return int(image.width), int(image.height)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+    except Exception:  # not an image Pillow knows: OpenCV decides below
+        return None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """A BGR uint8 image, or SourceError naming the file."""
     path = Path(path)
@@ -80,6 +100,10 @@ def read_image(path: str | Path) -> np.ndarray:
         raise SourceError(f"no such file: {path}")
     if not path.is_file():
         raise SourceError(f"not a file: {path}")
+    # Refused from the header, before a decompression bomb (a small PNG of 25000x25000) is decoded.
+    dimensions = image_dimensions(path)
+    if dimensions is not None:
+        _check_frame_size(np.zeros((dimensions[1], dimensions[0], 0), np.uint8), str(path))
     try:
         data = np.fromfile(path, dtype=np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None

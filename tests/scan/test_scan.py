@@ -243,3 +243,45 @@ def test_real_clips_end_real_or_uncertain_and_fakes_are_reported():
     assert real and all(report["tracks"] for (kind, _), report in reports.items() if kind == "real")
     wrongly_fake = [name for name, verdict in real.items() if verdict == "FAKE"]
     assert not wrongly_fake, f"real clips reported FAKE: {wrongly_fake}"
+
+
+def test_a_decompression_bomb_image_is_refused_from_its_header_fast_and_small(tmp_path):
+    import resource
+    import subprocess
+    import sys
+    import time
+    import zlib
+
+    # A 25000x25000 PNG of zeros: ~1 MB on disk, 1.9 GB of pixels once decoded.
+    width = height = 25000
+    raw = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(height)), 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        import struct
+
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    import struct
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+    )
+    code = (
+        "import resource, sys\n"
+        "from stream_detector import cli\n"
+        f"code = cli.main(['scan', {str(bomb)!r}, '--json', {str(tmp_path / 'r.json')!r}])\n"
+        "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+        "sys.exit(code)\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "frame too large: 25000x25000" in result.stderr and "bomb.png" in result.stderr
+    rss_mb = int(result.stdout.split("RSS_MB")[1].split()[0])
+    # Decoding it would take ~11 s and gigabytes; refused from the header it costs neither.
+    assert rss_mb < 1500, f"peak RSS {rss_mb} MB"
+    assert elapsed < 30
+    del resource
