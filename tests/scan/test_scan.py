@@ -245,6 +245,7 @@ def test_real_clips_end_real_or_uncertain_and_fakes_are_reported():
     assert not wrongly_fake, f"real clips reported FAKE: {wrongly_fake}"
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_image_is_refused_from_its_header_fast_and_small(tmp_path):
     import resource
     import subprocess
