@@ -29,13 +29,13 @@ def run(args: argparse.Namespace) -> int:
     if output is not None and not output.parent.exists():
         raise StreamDetectorError(f"--output folder does not exist: {output.parent}")
     from stream_detector.pipeline.engine import settings_from_arguments
-    from stream_detector.pipeline.sources import IMAGE_SUFFIXES
+    from stream_detector.pipeline.sources import is_image_file
 
     settings = settings_from_arguments(args)
 
     if path.is_dir():
         report = scan_folder(path, settings)
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
+    elif is_image_file(path):
         report = scan_image(path, settings, output)
     else:
         report = scan_video(

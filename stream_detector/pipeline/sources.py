@@ -41,7 +41,16 @@ from stream_detector.pipeline.types import Frame, FrameSource
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# What a file is, told by its first bytes, never by its name (a JPEG renamed .mp4 is still a JPEG).
+IMAGE_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"BM",
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+    b"GIF87a",
+    b"GIF89a",
+)
 URL_PATTERN = re.compile(r"^(rtsps?|rtmps?|https?|udp|tcp|srt)://", re.IGNORECASE)
 # Above this a frame is refused: 8K (33 MP) passes; a 100 MP scan or a decompression bomb does not.
 MAX_FRAME_PIXELS = 40_000_000
@@ -71,6 +80,17 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether a file holds a still image, by its content (anything else is tried as a video)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return webp or any(head.startswith(signature) for signature in IMAGE_SIGNATURES)
 
 
 def image_dimensions(path: str | Path) -> tuple[int, int] | None:
@@ -176,13 +196,12 @@ class ImageFolderSource:
         self.path = Path(path)
         if not self.path.is_dir():
             raise SourceError(f"not a folder: {self.path}")
-        self.files = sorted(
-            entry
-            for entry in self.path.iterdir()
-            if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file()
-        )
+        entries = sorted(entry for entry in self.path.iterdir() if entry.is_file())
+        self.files = [entry for entry in entries if is_image_file(entry)]
+        # Every other file is reported, never silently dropped (a video is scanned on its own).
+        self.not_images = [entry.name for entry in entries if entry not in self.files]
         if not self.files:
-            raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder: {self.path}")
+            raise SourceError(f"no images in folder: {self.path}")
         self.source_id = source_id
         self.frame_interval_ms = frame_interval_ms
         self.realtime = realtime
@@ -260,7 +279,9 @@ class VideoFileSource:
         self._capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not self._capture.isOpened():
             self._capture.release()
-            raise SourceError(f"cannot open video (unreadable, corrupt or not a video): {self.path}")
+            raise SourceError(
+                f"cannot open video (unreadable, corrupt, or by its content neither a video nor an image): {self.path}"
+            )
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         # Containers without a usable rate report 0 or absurd values; 30 is what cameras mostly do.
         self.fps = fps if 1.0 <= fps <= 240.0 else DEFAULT_FPS
@@ -287,7 +308,9 @@ class VideoFileSource:
                 break
             if self._frames_this_pass == 0:
                 if self._index == 0:
-                    raise SourceError(f"cannot decode any frame of video: {self.path}")
+                    raise SourceError(
+                        f"cannot decode any frame of video (by its content neither a video nor an image): {self.path}"
+                    )
                 return None
             if self.loop:
                 self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -414,7 +437,7 @@ def open_source(
         raise SourceError(f"no such file: {path}")
     if path.is_dir():
         return ImageFolderSource(path, source_id, realtime=realtime)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image_file(path):
         return ImageSource(path, source_id, repeat=realtime)
     return VideoFileSource(path, source_id, realtime=realtime, loop=loop)
 

@@ -213,6 +213,8 @@ def scan_folder(path: Path, settings) -> dict[str, Any]:
         "model": backend,
         "files": files,
         "skipped": source.skipped,
+        # Files that are not images (videos among them): listed, for scanning one by one.
+        "not_images": source.not_images,
     }
 
 
@@ -289,7 +291,9 @@ def scan_video(
             writer.release()
     elapsed = time.monotonic() - started
     if frames == 0:
-        raise SourceError(f"cannot decode any frame of video: {path}")
+        raise SourceError(
+            f"cannot decode any frame of video (by its content neither a video nor an image): {path}"
+        )
     for track in tracks.values():
         track.state = track_state(track)
     report = _report(path, "video", sorted(tracks.values(), key=lambda track: track.id), engine, still=False)

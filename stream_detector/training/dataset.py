@@ -21,7 +21,7 @@ import numpy as np
 
 from stream_detector.errors import StreamDetectorError
 from stream_detector.pipeline.crops import CROP_SIZE, crop_square
-from stream_detector.pipeline.sources import IMAGE_SUFFIXES
+from stream_detector.pipeline.sources import is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def list_images(folder: Path) -> list[tuple[Path, int]]:
         raise StreamDetectorError(f"{folder}: expected real/ and fake/ folders")
     items: list[tuple[Path, int]] = []
     for label, name in enumerate(CLASSES):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in (folder / name).iterdir() if p.is_file() and is_image_file(p))
         if not files:
             raise StreamDetectorError(f"{folder / name}: no images (class '{name}' is empty)")
         items.extend((path, label) for path in files)

@@ -97,10 +97,10 @@ class FileScanner:
         self._video_engine: Engine | None = None
 
     def scan(self, path: Path, name: str, progress: Callable[[float], None]) -> ScanResult:
-        from stream_detector.pipeline.sources import IMAGE_SUFFIXES
+        from stream_detector.pipeline.sources import is_image_file
 
         try:
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if is_image_file(path):
                 report, picture = self._scan_image(path)
             else:
                 report, picture = self._scan_video(path, progress)

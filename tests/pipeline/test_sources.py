@@ -103,8 +103,10 @@ def test_image_once_or_repeated(tmp_path, astronaut_bgr):
 def test_image_that_is_not_an_image(tmp_path):
     fake = tmp_path / "photo.jpg"
     fake.write_text("hello")
-    with pytest.raises(SourceError, match="cannot decode image.*photo.jpg"):
-        open_source(str(fake))
+    # Named .jpg, but its content is no image: tried as a video, and named as neither.
+    with pytest.raises(SourceError, match="neither a video nor an image.*photo.jpg"):
+        source = open_source(str(fake))
+        source.read()
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
     with pytest.raises(SourceError, match="empty.png"):
@@ -131,7 +133,7 @@ def test_huge_frames_are_refused(tmp_path, monkeypatch, clip):
 def test_folder_of_images_in_name_order_skipping_bad_files(tmp_path):
     for index in (2, 0, 1):
         cv2.imwrite(str(tmp_path / f"img{index}.png"), np.full((30, 40, 3), 50 * index, np.uint8))
-    (tmp_path / "img1b.jpg").write_text("broken")
+    (tmp_path / "img1b.jpg").write_bytes(b"\xff\xd8\xff\xe0 a truncated JPEG")
     (tmp_path / "notes.txt").write_text("ignored")
     source = open_source(str(tmp_path))
     assert isinstance(source, ImageFolderSource)
@@ -141,6 +143,7 @@ def test_folder_of_images_in_name_order_skipping_bad_files(tmp_path):
     assert [int(frame.image.mean()) for frame in frames] == [0, 50, 100]
     assert [frame.index for frame in frames] == [0, 1, 2]
     assert len(source.skipped) == 1 and source.skipped[0].endswith("img1b.jpg")
+    assert source.not_images == ["notes.txt"]
     # As a live slideshow: each image held for its interval at 30 fps, then the next.
     slideshow = ImageFolderSource(tmp_path, realtime=True, frame_interval_ms=100.0)
     shown = []
