@@ -143,7 +143,7 @@ def summarise(entries: list[dict]) -> dict:
         "clip_roc_auc": roc_auc(labels, [entry["clip_score"] for entry in scored])
         if len(set(labels)) == 2
         else None,
-        "real_footage_hours": round(hours, 4),
+        "real_footage_hours": round(hours, 6),
         "false_alarm_tracks": false_alarms,
         "false_alarms_per_hour": round(false_alarms / hours, 2) if hours else None,
         "fake_clips_called_fake": table["fake"]["FAKE"],

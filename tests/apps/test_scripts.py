@@ -184,3 +184,44 @@ def test_train_names_a_folder_without_face_landmarks_and_a_bad_resume_in_one_lin
         assert "Traceback" not in result.stderr
         lines = [line for line in result.stderr.splitlines() if "train: error:" in line]
         assert len(lines) == 1 and expected in lines[0], lines
+
+
+def test_evaluate_clips_reports_verdicts_false_alarms_per_hour_and_records_a_live_threshold(
+    tmp_path, astronaut_bgr
+):
+    import json
+
+    from tools.media import moving_face_frames, write_video
+
+    frames, _ = moving_face_frames(astronaut_bgr, count=30)
+    for label in ("real", "fake"):
+        (tmp_path / "clips" / label).mkdir(parents=True)
+    # Names chosen so that one real clip is a threshold-validation clip and one is reported.
+    evaluate_clips = load_script("evaluate_clips")
+    names = [f"person{index}.avi" for index in range(40)]
+    validation = next(name for name in names if evaluate_clips.is_validation_clip(Path(name)))
+    reported = next(name for name in names if not evaluate_clips.is_validation_clip(Path(name)))
+    write_video(tmp_path / "clips" / "real" / validation, frames, fps=15)
+    write_video(tmp_path / "clips" / "real" / reported, frames, fps=15)
+    write_video(tmp_path / "clips" / "fake" / "swap.avi", frames, fps=15)
+    record = tmp_path / "training.json"
+    record.write_text(json.dumps({"calibration": {"fake_threshold_at_1pct_false_alarms": 0.6}}))
+    videos = ["--videos", str(tmp_path / "clips"), "--no-progress"]
+    assert evaluate_clips.main([*videos, "--choose-threshold", "--record", str(record)]) == 0
+    live = json.loads(record.read_text())["live_threshold"]
+    assert live["validation_clips"] == [validation]
+    assert live["fake_enter"] >= 0.6 and live["fake_enter"] > live["highest_validation_real_track"]
+    report_path, plot = tmp_path / "clips.json", tmp_path / "clips.png"
+    assert evaluate_clips.main([*videos, "--json", str(report_path), "--plot", str(plot)]) == 0
+    report = json.loads(report_path.read_text())
+    # The validation clip chose the threshold: it is listed apart and counted nowhere.
+    assert report["validation_clips"] == [validation]
+    summary = report["reported"]
+    assert summary["clips"] == {"real": 1, "fake": 1}
+    assert summary["real_footage_hours"] == pytest.approx(2.0 / 3600, rel=0.05)
+    assert summary["false_alarms_per_hour"] == pytest.approx(
+        summary["false_alarm_tracks"] / summary["real_footage_hours"], abs=0.01
+    )
+    entry = next(clip for clip in report["clips"] if clip["clip"] == reported)
+    assert entry["verdict"] in ("REAL", "FAKE", "UNCERTAIN") and entry["clip_score"] is not None
+    assert plot.stat().st_size > 1000
