@@ -104,6 +104,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue an interrupted run from its checkpoint"
     )
     parser.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        help="end after this epoch of the schedule (which stays the whole run's); with --resume past it, "
+        "finish from the checkpoint: the best epoch so far is calibrated and exported",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=PREVIOUS / "detector.keras",
@@ -377,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint=arguments.checkpoint or arguments.out / "checkpoint.pkl",
             resume=arguments.resume,
             settings=settings,
+            stop_after_epoch=arguments.stop_after_epoch,
         )
 
     size = schedule.high_size

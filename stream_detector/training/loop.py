@@ -312,9 +312,12 @@ def train(
     checkpoint: Path | None = None,
     resume: bool = False,
     settings: dict | None = None,
+    stop_after_epoch: int | None = None,
 ) -> dict:
     """Train in place; restore the weights of the epoch with the best mean validation AUC.
 
+    ``stop_after_epoch``: end there (the schedule, and so the learning rate, stay those of the whole
+    run); with ``resume`` past that epoch, nothing more trains and the best checkpoint so far is kept.
     ``checkpoint``: a file written after every epoch (weights, optimizer state, the batches' random
     state, history, the best epoch so far, and ``settings``); ``resume`` continues from it, after the
     last finished epoch, and refuses a checkpoint made with other settings.
@@ -359,6 +362,9 @@ def train(
     for epoch, size in enumerate(schedule.sizes(), start=1):
         if epoch < first_epoch:
             continue
+        if stop_after_epoch is not None and epoch > stop_after_epoch:
+            log(f"stop: after epoch {stop_after_epoch} of {len(schedule.sizes())} (--stop-after-epoch)")
+            break
         losses = []
         bar = tqdm(
             # Before the consistency term starts, each step spends its batch on distinct faces.
