@@ -58,7 +58,7 @@ def test_empty_class(evaluate, tmp_path):
 
 def test_unreadable_image_stops_only_when_asked(evaluate, tmp_path):
     make_set(tmp_path)
-    (tmp_path / "fake" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (tmp_path / "fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
     with pytest.raises(StreamDetectorError, match="unreadable image: .*broken.jpg"):
         evaluate.main(["--data", str(tmp_path), "--cache", str(tmp_path / "cache"), "--unreadable", "error"])
 
@@ -67,7 +67,7 @@ def test_unreadable_image_is_skipped_and_counted(evaluate, tmp_path):
     import json
 
     make_set(tmp_path, real=3, fake=3)
-    (tmp_path / "fake" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (tmp_path / "fake" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
     report_path = tmp_path / "report.json"
     arguments = ["--data", str(tmp_path), "--cache", str(tmp_path / "cache"), "--no-face", "whole"]
     assert evaluate.main([*arguments, "--json", str(report_path), "--no-progress"]) == 0

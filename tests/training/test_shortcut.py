@@ -23,6 +23,10 @@ def test_astronaut_stays_real_at_every_jpeg_quality(classifier, astronaut_bgr):
     assert np.all(p_fake[1:] < 0.5), f"JPEG turned a real face fake: {np.round(p_fake, 3)}"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="v1 (Keras) flips 5.05 % of real ffhq-tpdne test faces at JPEG q50: model/MODEL_CARD.md",
+)
 def test_real_test_faces_rarely_flip_to_fake_when_compressed(classifier):
     import json
 
@@ -72,6 +76,16 @@ def _test_split_faces(record: dict, source: str, label: int) -> list[np.ndarray]
     ]
 
 
+def _scores(classifier, crops) -> np.ndarray:
+    """p(fake) in batches: thousands of 224 px crops at once would need tens of GB in Keras."""
+    return np.concatenate(
+        [
+            classifier.classify(np.stack([resize_crop(c) for c in crops[i : i + 64]]))
+            for i in range(0, len(crops), 64)
+        ]
+    )
+
+
 def _blur(sigma):
     import cv2
 
@@ -89,6 +103,15 @@ def _down_up(factor):
     return change
 
 
+# Targets the shipped model misses (model/MODEL_CARD.md, "Robustness": blur sigma 2 flips 51-63 % of
+# real test faces, sharpening turns 16-37 % of fakes real). Strict: a model that meets them turns these
+# into failures, so the marks and the card are updated with it.
+MISSED_SHARPNESS_TARGET = pytest.mark.xfail(
+    strict=True, reason="v1 still reads sharpness: see model/MODEL_CARD.md, Robustness"
+)
+
+
+@MISSED_SHARPNESS_TARGET
 @pytest.mark.parametrize("source", ["ffhq-tpdne", "dfdc"])
 def test_blurring_or_downscaling_real_test_faces_rarely_turns_them_fake(classifier, source):
     import json
@@ -96,19 +119,20 @@ def test_blurring_or_downscaling_real_test_faces_rarely_turns_them_fake(classifi
     record = json.loads((REPO / "model" / "training.json").read_text())
     real = _test_split_faces(record, source, label=0)
     assert len(real) > 100
-    clean = classifier.classify(np.stack([resize_crop(c) for c in real]))
+    clean = _scores(classifier, real)
     for name, change in (
         ("blur 1", _blur(1.0)),
         ("blur 2", _blur(2.0)),
         ("down-up x2", _down_up(2)),
         ("down-up x3", _down_up(3)),
     ):
-        changed = classifier.classify(np.stack([resize_crop(change(c)) for c in real]))
+        changed = _scores(classifier, [change(c) for c in real])
         flipped = np.mean((clean < 0.5) & (changed >= 0.5))
         # The sharpness shortcut: a model that learned "blurrier = fake" turns these fake.
         assert flipped <= 0.05, f"{source}: {name} flipped {flipped:.1%} of real test faces to fake"
 
 
+@MISSED_SHARPNESS_TARGET
 @pytest.mark.parametrize("source", ["ffhq-tpdne", "dfdc"])
 def test_sharpening_fake_test_faces_rarely_turns_them_real(classifier, source):
     import json
@@ -118,7 +142,7 @@ def test_sharpening_fake_test_faces_rarely_turns_them_real(classifier, source):
     record = json.loads((REPO / "model" / "training.json").read_text())
     fake = _test_split_faces(record, source, label=1)
     assert len(fake) > 100
-    clean = classifier.classify(np.stack([resize_crop(c) for c in fake]))
-    sharpened = classifier.classify(np.stack([resize_crop(sharpen(c)) for c in fake]))
+    clean = _scores(classifier, fake)
+    sharpened = _scores(classifier, [sharpen(c) for c in fake])
     flipped = np.mean((clean >= 0.5) & (sharpened < 0.5))
     assert flipped <= 0.05, f"{source}: sharpening flipped {flipped:.1%} of fake test faces to real"
