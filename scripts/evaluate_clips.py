@@ -70,11 +70,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def identity(path: Path) -> str:
-    """The part of a clip's name that names its person: mead_W011_front_angry -> mead_W011."""
+    """The part of a clip's name that names its person: mead_W011_front_angry -> mead_W011,
+    dfdc_aejvkfbtxs_0_1 -> dfdc_aejvkfbtxs."""
     parts = path.stem.split("_")
-    if parts[0] == "mead" and len(parts) > 1:
-        return "_".join(parts[:2])
-    if parts[0] == "dfdc" and len(parts) > 1:
+    if parts[0] in ("mead", "dfdc") and len(parts) > 1:
         return "_".join(parts[:2])
     return path.stem
 

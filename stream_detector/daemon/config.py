@@ -322,9 +322,9 @@ def read_declared(table: _Table, settings_type: type, defaults: Any | None = Non
             values[item.name] = Path(text) if text else default
         else:  # str, or str | None
             text = table.string(item.name, default, choices=declaration.choices)
-            values[item.name] = text if text or default is None else default
-            if values[item.name] is None or values[item.name] == "":
-                values[item.name] = default
+            # An optional setting given empty means unset; any other string stays as written, so the
+            # caller's own checks see it (an empty [http] host is an error, not the default).
+            values[item.name] = (text or None) if default is None else text
     return values
 
 

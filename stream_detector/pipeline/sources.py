@@ -66,7 +66,11 @@ def _quiet_opencv() -> None:
 
 
 def _check_frame_size(image: np.ndarray, name: str) -> None:
-    height, width = image.shape[:2]
+    _check_dimensions(image.shape[1], image.shape[0], name)
+
+
+def _check_dimensions(width: int, height: int, name: str) -> None:
+    """A frame's size against MAX_FRAME_PIXELS, known from its pixels or from a header before decoding."""
     if height * width > MAX_FRAME_PIXELS:
         raise SourceError(
             f"frame too large: {width}x{height} ({height * width / 1e6:.0f} MP, the limit is "
@@ -123,7 +127,7 @@ def read_image(path: str | Path) -> np.ndarray:
     # Refused from the header, before a decompression bomb (a small PNG of 25000x25000) is decoded.
     dimensions = image_dimensions(path)
     if dimensions is not None:
-        _check_frame_size(np.zeros((dimensions[1], dimensions[0], 0), np.uint8), str(path))
+        _check_dimensions(dimensions[0], dimensions[1], str(path))
     try:
         data = np.fromfile(path, dtype=np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
@@ -290,7 +294,7 @@ class VideoFileSource:
         self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
         if self.width * self.height > MAX_FRAME_PIXELS:
             self._capture.release()
-            _check_frame_size(np.zeros((self.height, self.width, 0), np.uint8), str(self.path))
+            _check_dimensions(self.width, self.height, str(self.path))
         self.source_id = source_id
         self.realtime = realtime
         self.loop = loop

@@ -157,6 +157,12 @@ BAD_CONFIGS = [
         "engine.smoothing: smoothing thresholds",
     ),
     ("unknown engine key", "[engine]\nbatch = 4\n" + CAMERA, "engine.batch: unknown key"),
+    ("empty ops host", "[http]\nhost = ''\n" + CAMERA, "http.host: must not be empty"),
+    (
+        "empty detector range",
+        "[engine]\ndetector_range = ''\n" + CAMERA,
+        "engine.detector_range: must be one of",
+    ),
     (
         "unknown reconnect key",
         CAMERA + "reconnect = { stall = 3 }\n",
@@ -257,3 +263,8 @@ url = "https://alerts.example.com/hook#${HOOK}"
     output = capsys.readouterr()
     assert all(secret not in output.out + output.err for secret in environment.values())
     assert "door: http://cam.local/***/video.mjpg?password=***" in output.out
+
+
+def test_an_empty_model_dir_means_the_default_search_path():
+    config = parse_config("[engine]\nmodel_dir = ''\n[cameras.door]\nurl = 'rtsp://h/x'\n", environment={})
+    assert config.engine.model_dir is None
