@@ -359,6 +359,20 @@ def main(argv: list[str] | None = None) -> int:
             # The same weights for any input size (global pooling): the 224 model's go straight in.
             model.set_weights(load_keras_model(arguments.init_from).get_weights())
             print(f"init: weights of {arguments.init_from}")
+        else:
+            from stream_detector.training.initialise import silent_fraction, unit_variance_start
+
+            start_rng = np.random.default_rng(arguments.seed)
+            start_faces = [
+                faces.subset(sorted(start_rng.permutation(len(faces))[:32])) for faces in train_sets.values()
+            ]
+            start_batch = np.concatenate([plain_batch(faces, schedule.low_size) for faces in start_faces])
+            stds = unit_variance_start(model, start_batch)
+            print(
+                "init: unit-variance start on "
+                f"{len(start_batch)} training faces (output std per layer {', '.join(f'{s:.2f}' for s in stds)}; "
+                f"{silent_fraction(model, start_batch):.0%} of pooled channels silent)"
+            )
         batches = AugmentedBatches(
             list(train_sets.values()),
             arguments.batch_size,

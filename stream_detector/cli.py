@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-detector", description="Real-time deepfake detection on live video."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, and the native libraries' own log lines (TensorFlow, LiteRT, FFmpeg, Qt)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in APPS.items():
         module = importlib.import_module(module_name)
@@ -42,9 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, quiet_native: bool = False) -> int:
+    """Run one command. ``quiet_native``: filter the native libraries' stderr noise (the program
+    entry does; a caller embedding this in its own process keeps its stderr as it is)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if quiet_native and not args.verbose:
+        from stream_detector.quiet import quiet_native_logs
+
+        quiet_native_logs()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -59,5 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The ``stream-detector`` program."""
+    return main(quiet_native=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

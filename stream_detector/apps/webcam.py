@@ -18,7 +18,10 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import select
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
     reader = LatestFrameReader(source)
     meter = PerformanceMeter()
     title = args.title
-    cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
+    # Resizable, keeping the picture's aspect ratio: a 1080p source fits a 720p screen.
+    cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
+    sized = False
+    guard = DisplayLossGuard()
     started = time.monotonic()
     shown = 0
     paused = False
@@ -149,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
                 result = engine.process(frame)
                 stats = meter.stats(dropped_frames=reader.dropped, backend=engine.backend)
                 image = draw(frame.image, result.verdicts, stats, copy=False)
+                if not sized:
+                    cv2.resizeWindow(title, *initial_window_size(image.shape[1], image.shape[0]))
+                    sized = True
                 cv2.imshow(title, image)
                 # Live sources stamp frames with the monotonic clock at capture: this is capture-to-overlay.
                 meter.record(latency_ms=monotonic_ms() - frame.timestamp_ms)
@@ -163,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
                 break
             if key in PAUSE_KEYS and image is not None:
                 paused = not paused
-                shown_image = draw(image, [], status="PAUSED - p to resume") if paused else image
+                shown_image = draw(image, [], banner="PAUSED - p to resume") if paused else image
                 cv2.imshow(title, shown_image)
             if key in SNAPSHOT_KEYS and image is not None:
                 path = snapshot_path(args.snapshot_dir)
@@ -180,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         engine.close()
         cv2.destroyAllWindows()
         cv2.waitKey(1)
+        guard.disarm()
     elapsed = time.monotonic() - started
     summary = (
         f"webcam: {reason}: {shown} frames shown in {elapsed:.1f} s ({shown / max(elapsed, 1e-9):.1f} fps), "
@@ -188,5 +198,98 @@ def run(args: argparse.Namespace) -> int:
     )
     if first_verdicts:
         summary += f", first verdict after {min(first_verdicts):.0f} ms"
+    unreadable = getattr(source, "frames_unreadable", 0)
+    if unreadable:
+        summary += f", {unreadable} undecodable frame(s) skipped"
     print(summary, file=sys.stderr, flush=True)
+    # A file that could not be read to its end is not a normal end.
+    stopped = getattr(source, "stopped_early", None)
+    if stopped:
+        print(f"webcam: warning: {args.source}: {stopped}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def initial_window_size(width: int, height: int, screen: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The picture's size, scaled down (aspect kept) to fit ``screen`` (default 90 % of 1280x720 or
+    of the X screen when known); the window stays resizable from there."""
+    limit_width, limit_height = screen or screen_size() or (1280, 720)
+    scale = min(1.0, 0.9 * limit_width / width, 0.9 * limit_height / height)
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def screen_size() -> tuple[int, int] | None:
+    """The X screen's size in pixels, or None where it cannot be asked."""
+    library = ctypes.util.find_library("X11")
+    display = os.environ.get("DISPLAY")
+    if library is None or not display:
+        return None
+    x11 = ctypes.CDLL(library)
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    x11.XDefaultScreen.argtypes = [ctypes.c_void_p]
+    x11.XDisplayWidth.argtypes = x11.XDisplayHeight.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    connection = x11.XOpenDisplay(display.encode())
+    if not connection:
+        return None
+    try:
+        screen = x11.XDefaultScreen(connection)
+        return int(x11.XDisplayWidth(connection, screen)), int(x11.XDisplayHeight(connection, screen))
+    finally:
+        x11.XCloseDisplay(connection)
+
+
+DISPLAY_LOST_EXIT = 3
+DISPLAY_LOST_MESSAGE = (
+    b"stream-detector webcam: error: the display connection was lost (did the X server stop?); "
+    b"the window is gone, so the run ends here\n"
+)
+
+
+class DisplayLossGuard:
+    """A clean line and exit code when the X server goes away under the window.
+
+    OpenCV's Qt backend then ends the process from C++ (``exit(1)`` inside ``waitKey``, or an abort),
+    past every Python handler. This guard holds its own connection to the display and watches its
+    socket: the server closing it is the display lost; the guard writes one line on the real stderr
+    and exits with code 3 before Qt gets to it.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self._connection = None
+        library = ctypes.util.find_library("X11")
+        display = os.environ.get("DISPLAY")
+        if library is None or not display:
+            return
+        self._x11 = ctypes.CDLL(library)
+        self._x11.XOpenDisplay.restype = ctypes.c_void_p
+        self._x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+        self._x11.XConnectionNumber.argtypes = [ctypes.c_void_p]
+        self._connection = self._x11.XOpenDisplay(display.encode())
+        if not self._connection:
+            return
+        self._socket = socket.socket(fileno=os.dup(self._x11.XConnectionNumber(self._connection)))
+        self.armed = True
+        threading.Thread(target=self._watch, name="display-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while self.armed:
+            readable, _, _ = select.select([self._socket], [], [], 0.5)
+            if not readable or not self.armed:
+                continue
+            try:
+                alive = bool(self._socket.recv(1, socket.MSG_PEEK))
+            except OSError:
+                alive = False
+            if not alive and self.armed:
+                from stream_detector.quiet import original_stderr
+
+                os.write(original_stderr(), DISPLAY_LOST_MESSAGE)
+                os._exit(DISPLAY_LOST_EXIT)
+            # Events the server sent this connection (none are asked for): nothing to read them for.
+            time.sleep(0.5)
+
+    def disarm(self) -> None:
+        self.armed = False

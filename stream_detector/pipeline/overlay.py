@@ -47,9 +47,11 @@ def draw(
     stats: Stats | None = None,
     status: str | None = None,
     copy: bool = True,
+    banner: str | None = None,
 ) -> np.ndarray:
-    """The frame with its verdicts (and HUD when ``stats`` is given; ``status`` adds a line such as
-    PAUSED). ``copy=False`` draws in place, saving a 720p copy per frame when the caller owns it."""
+    """The frame with its verdicts (and HUD when ``stats`` is given; ``status`` adds a line to it).
+    ``banner`` (e.g. PAUSED) is centred at the bottom, clear of the HUD in the top-left corner.
+    ``copy=False`` draws in place, saving a 720p copy per frame when the caller owns it."""
     canvas = image.copy() if copy else image
     scale = _scale(canvas)
     for verdict in verdicts:
@@ -59,7 +61,32 @@ def draw(
         if status:
             lines.append(status)
         _draw_hud(canvas, lines, scale)
+    if banner:
+        _draw_banner(canvas, banner, scale)
     return canvas
+
+
+def _draw_banner(canvas: np.ndarray, text: str, scale: float) -> None:
+    height, width = canvas.shape[:2]
+    font_scale = 0.9 * scale
+    thickness = max(1, int(round(2 * scale)))
+    pad = max(4, int(round(10 * scale)))
+    (text_width, text_height), baseline = cv2.getTextSize(text, FONT, font_scale, thickness)
+    box_width = min(text_width + 2 * pad, width)
+    box_height = min(text_height + baseline + 2 * pad, height)
+    left = max(0, (width - box_width) // 2)
+    top = max(0, height - box_height - pad)
+    cv2.rectangle(canvas, (left, top), (left + box_width, top + box_height), HUD_BACKGROUND, cv2.FILLED)
+    cv2.putText(
+        canvas,
+        text,
+        (left + pad, top + pad + text_height),
+        FONT,
+        font_scale,
+        (255, 255, 255),
+        thickness,
+        cv2.LINE_AA,
+    )
 
 
 def _draw_face(canvas: np.ndarray, verdict: Verdict, scale: float) -> None:

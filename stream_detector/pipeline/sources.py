@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,8 @@ MAX_FRAME_PIXELS = 40_000_000
 STREAM_OPEN_TIMEOUT_MS = 5000
 STREAM_READ_TIMEOUT_MS = 5000
 DEFAULT_FPS = 30.0
+# Failed reads in a row after which a file is taken to have ended (truncated) rather than damaged.
+MAX_UNREADABLE_IN_A_ROW = 64
 
 
 def _quiet_opencv() -> None:
@@ -258,6 +261,34 @@ class ImageFolderSource:
         pass
 
 
+def mp4_top_level_boxes(path: str | Path, limit: int = 64) -> list[str]:
+    """The types of an ISO-BMFF (MP4/MOV) file's top-level boxes, read from their headers only.
+
+    Empty for anything else. A recording cut off before it was finalised has ``ftyp`` and ``mdat``
+    (its last box running past the end of the file) but no ``moov``.
+    """
+    types: list[str] = []
+    with open(path, "rb") as file:
+        size_of_file = os.fstat(file.fileno()).st_size
+        offset = 0
+        while offset + 8 <= size_of_file and len(types) < limit:
+            file.seek(offset)
+            header = file.read(16)
+            size, kind = struct.unpack(">I4s", header[:8])
+            # Box types are four letters, digits or spaces (and the copyright sign of QuickTime).
+            if not all(chr(byte).isalnum() or byte in (0x20, 0xA9) for byte in kind):
+                return types
+            if size == 1 and len(header) == 16:
+                size = struct.unpack(">Q", header[8:16])[0]
+            elif size == 0:
+                size = size_of_file - offset
+            if size < 8:
+                break
+            types.append(kind.decode("ascii"))
+            offset += size
+    return types
+
+
 class VideoFileSource:
     """A video file decoded with OpenCV (FFmpeg).
 
@@ -283,9 +314,7 @@ class VideoFileSource:
         self._capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not self._capture.isOpened():
             self._capture.release()
-            raise SourceError(
-                f"cannot open video (unreadable, corrupt, or by its content neither a video nor an image): {self.path}"
-            )
+            raise SourceError(f"cannot open video ({self._why_unreadable()}): {self.path}")
         fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         # Containers without a usable rate report 0 or absurd values; 30 is what cameras mostly do.
         self.fps = fps if 1.0 <= fps <= 240.0 else DEFAULT_FPS
@@ -303,25 +332,41 @@ class VideoFileSource:
         self._frames_this_pass = 0
         self._start_ms: float | None = None
         self.frames_read = 0
+        # Frames FFmpeg could not decode but read past (a damaged stretch): counted, not an end.
+        self.frames_unreadable = 0
+        self.first_unreadable_s: float | None = None
+        self._unreadable_this_pass = 0
         self.stopped_early: str | None = None
 
     def read(self) -> Frame | None:
+        pending = 0  # failed reads since the last decoded frame: damage only if a frame follows
         while True:
             ok, image = self._capture.read()
             if ok and image is not None:
                 break
+            # FFmpeg goes on after a damaged packet: keep reading while the header promises more.
+            position = self._frames_this_pass + self._unreadable_this_pass + pending
+            if pending < MAX_UNREADABLE_IN_A_ROW and (not self.frame_count or position < self.frame_count):
+                pending += 1
+                continue
             if self._frames_this_pass == 0:
                 if self._index == 0:
                     raise SourceError(
-                        f"cannot decode any frame of video (by its content neither a video nor an image): {self.path}"
+                        f"cannot decode any frame of video ({self._why_unreadable()}): {self.path}"
                     )
                 return None
             if self.loop:
                 self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                self._frames_this_pass = 0
+                self._frames_this_pass = self._unreadable_this_pass = 0
+                pending = 0
                 continue
             self._note_end()
             return None
+        if pending:
+            if self.first_unreadable_s is None:
+                self.first_unreadable_s = (self._frames_this_pass + self._unreadable_this_pass) / self.fps
+            self._unreadable_this_pass += pending
+            self.frames_unreadable += pending
         image = _as_bgr(image)
         if self._index == 0:
             _check_frame_size(image, str(self.path))
@@ -334,20 +379,33 @@ class VideoFileSource:
                 time.sleep(wait / 1000.0)
             timestamp = self._clock()
         else:
-            timestamp = self._frames_this_pass * 1000.0 / self.fps
+            # Media time: frames that could not be decoded still took their place in the clip.
+            timestamp = (self._frames_this_pass + self._unreadable_this_pass) * 1000.0 / self.fps
         frame = Frame(np.ascontiguousarray(image), self._index, timestamp, self.source_id)
         self._index += 1
         self._frames_this_pass += 1
         self.frames_read = max(self.frames_read, self._frames_this_pass)
         return frame
 
+    def _why_unreadable(self) -> str:
+        """Why nothing decodes: an MP4 cut off before its index was written says so."""
+        boxes = mp4_top_level_boxes(self.path)
+        if boxes and boxes[0] == "ftyp" and "moov" not in boxes:
+            return (
+                "an MP4 cut off before its index (moov atom) was written: no frame in it can be located "
+                "without that index; recover it with a tool such as untrunc and a healthy file from the "
+                "same camera"
+            )
+        return "unreadable, corrupt, or by its content neither a video nor an image"
+
     def _note_end(self) -> None:
         # Frame counts in headers are estimates; a few frames short is normal, a large gap is damage.
         expected = self.frame_count
-        if expected and self._frames_this_pass < expected - max(2, int(0.02 * expected)):
+        seen = self._frames_this_pass + self._unreadable_this_pass
+        if expected and seen < expected - max(2, int(0.02 * expected)):
             self.stopped_early = (
-                f"decoding stopped after frame {self._frames_this_pass} of {expected} "
-                f"(at {self._frames_this_pass / self.fps:.2f} s): the file is truncated or corrupt"
+                f"decoding stopped after frame {seen} of {expected} "
+                f"(at {seen / self.fps:.2f} s): the file is truncated or corrupt"
             )
 
     def close(self) -> None:
@@ -377,7 +435,7 @@ class CaptureSource:
                 raise SourceError(f"no camera at index {spec} (/dev/video{spec} does not exist)")
             self._capture = cv2.VideoCapture(int(spec))
         else:
-            self.name = _redact(str(spec))
+            self.name = redact_url(str(spec))
             params = [
                 cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
                 open_timeout_ms,
@@ -392,6 +450,15 @@ class CaptureSource:
             raise SourceError(
                 f"cannot open stream {self.name} (refused, unreachable, timed out or not a video)"
             )
+        # What a scan of a stream reports, as for a file (a live source has no frame count).
+        fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 1.0 <= fps <= 240.0 else DEFAULT_FPS
+        self.frame_count = 0
+        self.width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        self.frames_unreadable = 0
+        self.first_unreadable_s: float | None = None
+        self.stopped_early: str | None = None
 
     def read(self) -> Frame | None:
         ok, image = self._capture.read()
@@ -408,7 +475,7 @@ class CaptureSource:
         self._capture.release()
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """A URL without its password, for messages and logs."""
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 

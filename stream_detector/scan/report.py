@@ -19,7 +19,9 @@ The verdict rule (``track_state`` and ``file_verdict``):
   any classified face.
 
 A video whose decoding stops early (truncated or corrupt) still gets its report, for the frames that
-could be read, with ``complete: false`` and ``stopped`` saying where; the command then exits 1.
+could be read, with ``complete: false`` and ``stopped`` saying where; frames FFmpeg cannot decode in
+a damaged stretch are skipped and counted (``frames_unreadable``, ``damaged`` says where the first
+was), which also makes the report ``complete: false``. The command then exits 1.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def _most_suspicious(tracks: list[TrackSummary]) -> float | None:
     return _round(max(means)) if means else None
 
 
-def _report(path: Path, kind: str, tracks: list[TrackSummary], engine, still: bool) -> dict[str, Any]:
+def _report(path: Path | str, kind: str, tracks: list[TrackSummary], engine, still: bool) -> dict[str, Any]:
     verdict, p_fake = file_verdict(tracks, still=still)
     first_verdicts = [track.time_to_first_verdict_ms for track in tracks if track.time_to_first_verdict_ms]
     return {
@@ -232,9 +234,15 @@ def scan_video(
 
     from stream_detector.pipeline.engine import build_engine
     from stream_detector.pipeline.overlay import draw
-    from stream_detector.pipeline.sources import LatestFrameReader, VideoFileSource
+    from stream_detector.pipeline.sources import CaptureSource, LatestFrameReader, VideoFileSource, is_url
 
-    source = VideoFileSource(path, source_id=str(path))
+    stream = is_url(str(path))
+    if stream:
+        source = CaptureSource(str(path), source_id="stream")
+        label = source.name  # its password masked: the report and the bar show the URL
+    else:
+        source = VideoFileSource(path, source_id=str(path))
+        label = str(path)
     frame_ms = 1000.0 / source.fps
     limit = source.frame_count or None
     if max_seconds is not None:
@@ -253,10 +261,24 @@ def scan_video(
     tracks: dict[int, TrackSummary] = {}
     frames = frames_with_faces = 0
     started = time.monotonic()
-    bar = tqdm(total=limit, unit="frame", file=sys.stderr, disable=not progress, desc=path.name, leave=False)
+    bar = tqdm(
+        total=limit,
+        unit="frame",
+        file=sys.stderr,
+        disable=not progress,
+        desc=Path(label).name if not stream else label,
+        leave=False,
+    )
     try:
         while limit is None or frames < limit:
-            frame = reader.read()
+            try:
+                frame = reader.read()
+            except SourceError as error:
+                if not stream or frames == 0:
+                    raise
+                # A stream lost mid-scan: the report covers what arrived, and says where it stopped.
+                source.stopped_early = str(error)
+                break
             if frame is None:
                 break
             result = engine.process(frame)
@@ -290,13 +312,21 @@ def scan_video(
         if writer is not None:
             writer.release()
     elapsed = time.monotonic() - started
+    if frames == 0 and stream:
+        raise SourceError(f"stream {source.name} delivered no frame")
     if frames == 0:
         raise SourceError(
-            f"cannot decode any frame of video (by its content neither a video nor an image): {path}"
+            f"cannot decode any frame of video (by its content neither a video nor an image): {label}"
         )
     for track in tracks.values():
         track.state = track_state(track)
-    report = _report(path, "video", sorted(tracks.values(), key=lambda track: track.id), engine, still=False)
+    report = _report(
+        label,
+        "video" if not stream else "stream",
+        sorted(tracks.values(), key=lambda track: track.id),
+        engine,
+        still=False,
+    )
     stopped = None
     if source.stopped_early:
         stopped = {
@@ -304,13 +334,21 @@ def scan_video(
             "time_s": round(frames / source.fps, 3),
             "reason": source.stopped_early,
         }
+    damaged = None
+    if source.frames_unreadable:
+        damaged = {
+            "first_at_s": round(source.first_unreadable_s or 0.0, 3),
+            "reason": f"{source.frames_unreadable} frame(s) could not be decoded and were skipped",
+        }
     report.update(
-        complete=stopped is None,
+        complete=stopped is None and damaged is None,
         stopped=stopped,
+        damaged=damaged,
         frames=frames,
+        frames_unreadable=source.frames_unreadable,
         frames_with_faces=frames_with_faces,
         fps=round(source.fps, 3),
-        duration_s=round(frames / source.fps, 3),
+        duration_s=round((frames + source.frames_unreadable) / source.fps, 3),
         width=source.width,
         height=source.height,
         processing={"seconds": round(elapsed, 2), "fps": round(frames / max(elapsed, 1e-9), 1)},

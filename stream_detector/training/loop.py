@@ -18,6 +18,7 @@ from stream_detector.errors import StreamDetectorError
 from stream_detector.pipeline.crops import CROP_SIZE
 from stream_detector.training.augment import augment, degraded_view
 from stream_detector.training.dataset import FaceSet, resize_crop, split_by_group
+from stream_detector.training.initialise import silent_fraction
 from stream_detector.training.metrics import binary_metrics
 
 SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
@@ -355,6 +356,9 @@ def train(
         for name, faces in validation.items()
     }
 
+    # A fixed handful of validation faces shows each epoch whether the network is still alive.
+    liveness_faces = [faces.subset(list(range(min(32, len(faces))))) for faces in sampled.values()]
+
     def predict(images: np.ndarray) -> np.ndarray:
         outputs = [np.asarray(model(images[i : i + 64], training=False)) for i in range(0, len(images), 64)]
         return np.concatenate(outputs).reshape(-1)
@@ -400,6 +404,9 @@ def train(
             "train_loss": float(np.mean(losses)),
             "consistency_weight": float(keras.ops.convert_to_numpy(consistency)),
             "validation_mean_auc": report["mean_auc"],
+            "silent_channels": silent_fraction(
+                model, np.concatenate([plain_batch(faces, size) for faces in liveness_faces])
+            ),
             **{f"validation_auc_{name}": report[name]["roc_auc"] for name in validation},
             "minutes": minutes_before + (time.time() - started) / 60,
         }

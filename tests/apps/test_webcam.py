@@ -197,3 +197,68 @@ def test_window_shows_the_overlay_and_keys_work(clip, tmp_path):
     summary = [line for line in stderr.splitlines() if line.startswith("webcam: quit:")]
     assert summary and "dropped" in summary[0] and "latency p50" in summary[0]
     assert "snapshot saved" in stderr
+
+
+def test_the_window_starts_at_the_picture_size_fitted_to_the_screen():
+    from stream_detector.apps.webcam import initial_window_size
+
+    assert initial_window_size(640, 360, screen=(1920, 1080)) == (640, 360)
+    width, height = initial_window_size(1920, 1080, screen=(1280, 720))
+    assert width <= 1152 and height <= 648 and abs(width / height - 16 / 9) < 0.01
+
+
+needs_xvfb = pytest.mark.skipif(
+    not (shutil.which("Xvfb") and shutil.which("xdotool")), reason="run scripts/setup_test_system.sh"
+)
+
+
+@needs_xvfb
+def test_losing_the_display_mid_run_is_one_line_and_exit_code_3(clip):
+    display = VirtualDisplay()
+    app = subprocess.Popen(
+        [sys.executable, "-m", "stream_detector.cli", "webcam", "--source", str(clip), "--loop"]
+        + ["--max-seconds", "90"],
+        cwd=REPO,
+        env=display.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Wait until the window loop runs (the guard is armed with the window), then end the X server.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and app.poll() is None:
+            names = subprocess.run(
+                ["xdotool", "search", "--name", "stream-detector"], env=display.env(), capture_output=True
+            )
+            if names.stdout.strip():
+                break
+            time.sleep(0.5)
+        time.sleep(2.0)
+        display.process.kill()
+        display.process.wait(10)
+        _, stderr = app.communicate(timeout=30)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    assert app.returncode == 3, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("stream-detector webcam: error: the display connection was lost")
+    assert "terminate called" not in stderr and "X11 connection broke" not in stderr
+
+
+@needs_xvfb
+def test_a_file_that_cannot_be_read_to_its_end_is_not_a_normal_end(tmp_path, astronaut_bgr):
+    frames, _ = moving_face_frames(astronaut_bgr, count=60)
+    path = write_video(tmp_path / "cut.avi", frames, fps=30.0)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    display = VirtualDisplay()
+    try:
+        result = run_webcam("--source", str(path), env=display.env(), timeout=90)
+    finally:
+        display.close()
+    assert result.returncode == 1, result.stderr
+    assert "webcam: end of source" in result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("webcam: warning:")]
+    assert len(warning) == 1 and "cut.avi" in warning[0] and "truncated or corrupt" in warning[0]

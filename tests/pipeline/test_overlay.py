@@ -75,3 +75,14 @@ def test_overlay_follows_the_real_face(astronaut_bgr):
     # The drawn box's pixels lie around the face, not elsewhere in the frame.
     assert abs(np.median(xs) - (x1 + x2) / 2) < 40 and len(xs) > 200
     assert y1 - 60 < np.median(ys) < y2 + 30
+
+
+def test_a_banner_sits_apart_from_the_hud():
+    stats = Stats(fps=30.0, latency_ms=20.0, dropped_frames=0, backend="litert-int8")
+    image = np.full((480, 640, 3), 200, np.uint8)
+    with_hud = draw(image, [], stats)
+    paused = draw(with_hud, [], banner="PAUSED - p to resume")
+    # The HUD corner is exactly as it was: the banner is not drawn over it.
+    assert np.array_equal(paused[:60, :300], with_hud[:60, :300])
+    bottom = paused[380:, 150:490]
+    assert (bottom < 60).all(axis=2).sum() > 2000 and (bottom == 255).all(axis=2).any()

@@ -264,3 +264,35 @@ def test_reader_read_timeout_returns_none_without_ending():
     started = time.monotonic()
     reader.close()
     assert time.monotonic() - started < 2.0
+
+
+def test_a_damaged_stretch_is_skipped_and_counted(tmp_path):
+    path = write_video(tmp_path / "damaged.mp4", numbered_frames(200, 320, 240), fps=25.0)
+    data = bytearray(path.read_bytes())
+    middle = len(data) * 2 // 5
+    data[middle : middle + 20000] = np.random.default_rng(1).integers(0, 256, 20000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    source = VideoFileSource(path)
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+    source.close()
+    assert source.frames_unreadable >= 1 and len(frames) + source.frames_unreadable >= 195
+    assert source.stopped_early is None and 2.0 < source.first_unreadable_s < 5.0
+    # Media time keeps the skipped frames' places: the last frame sits near the clip's end.
+    assert frames[-1].timestamp_ms == pytest.approx((len(frames) + source.frames_unreadable - 1) * 40.0)
+
+
+def test_an_mp4_cut_off_before_its_index_says_so(tmp_path):
+    path = write_video(tmp_path / "recording.mp4", numbered_frames(60), fps=25.0)
+    whole = path.read_bytes()
+    assert sources.mp4_top_level_boxes(path)[-1] == "moov"  # OpenCV writes the index last
+    path.write_bytes(whole[: len(whole) // 2])
+    assert "moov" not in sources.mp4_top_level_boxes(path)
+    with pytest.raises(SourceError) as error:
+        VideoFileSource(path)
+    message = str(error.value)
+    assert "moov" in message and "cut off" in message and "recording.mp4" in message and "\n" not in message
+    assert sources.mp4_top_level_boxes(tmp_path / "recording.mp4") != []
+    (tmp_path / "text.mp4").write_text("hello, not a box")
+    assert sources.mp4_top_level_boxes(tmp_path / "text.mp4") == []

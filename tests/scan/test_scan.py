@@ -13,7 +13,10 @@ from stream_detector.pipeline.smoothing import SmootherSettings, classify_score
 from stream_detector.scan import report as scan
 from stream_detector.scan.report import MIN_FAKE_MS, TrackSummary, file_verdict, track_state
 from tests.conftest import shared_data
+from tools import rtsp_server
 from tools.media import background, moving_face_frames, write_video
+
+rtsp_server_factory = rtsp_server.rtsp_server_factory  # the fixture, used by name below
 
 VERDICTS = {"REAL", "FAKE", "UNCERTAIN", "NO_FACE"}
 TRACK_KEYS = {
@@ -223,6 +226,64 @@ def test_bad_inputs_are_one_line_errors_naming_the_input(capsys, tmp_path, monke
 
     code, _, err = run_scan(capsys, str(big), "--classify-hz", "-2")
     assert code == 2 and "classify_hz" in error_line(err)
+
+
+# What scan refuses before any work starts, and the words that say why: the record of bad arguments.
+BAD_ARGUMENTS = [
+    (["--json", "{tmp}/missing/r.json", "{clip}"], "--json folder does not exist"),
+    (["--json", "{tmp}", "{clip}"], "is a folder: give a file name"),
+    (["--output", "{tmp}", "{clip}"], "is a folder: give a file name"),
+    (["--output", "{tmp}/missing/out.mp4", "{clip}"], "--output folder does not exist"),
+    (["--output", "{tmp}/out.txt", "{clip}"], "use a name ending in .mp4 or .avi"),
+    (["--output", "{tmp}/out.mp4", "{tmp}"], "does not apply to a folder scan"),
+    (["rtsp://user:secret@127.0.0.1:9/cam"], "scan of a stream needs --max-seconds"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "expected"), BAD_ARGUMENTS)
+def test_bad_arguments_are_refused_before_any_work(capsys, tmp_path, arguments, expected):
+    clip = write_video(tmp_path / "clip.avi", [background(64, 48)] * 3, fps=10.0)
+    filled = [argument.format(tmp=tmp_path, clip=clip) for argument in arguments]
+    code, out, err = run_scan(capsys, *filled)
+    line = error_line(err)
+    assert code == 2 and expected in line and out == ""
+    assert "secret" not in err
+
+
+@pytest.mark.parametrize("seconds", ["-5", "0", "nan", "soon"])
+def test_max_seconds_must_be_positive(capsys, tmp_path, seconds):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["scan", str(tmp_path), "--max-seconds", seconds])
+    assert exit_info.value.code == 2 and "--max-seconds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_damaged_middle_is_skipped_counted_and_reported(capsys, tmp_path, astronaut_bgr):
+    frames, _ = moving_face_frames(astronaut_bgr, count=120, width=320, height=180)
+    path = write_video(tmp_path / "damaged.mp4", frames, fps=30)
+    data = bytearray(path.read_bytes())
+    middle = len(data) * 2 // 5
+    data[middle : middle + 4000] = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    code, out, err = run_scan(capsys, str(path), "--no-progress")
+    report = json.loads(out)
+    assert code == 1 and report["complete"] is False and report["stopped"] is None
+    # Decoding went on past the damage to the end, as FFmpeg itself does.
+    assert report["frames_unreadable"] >= 1 and report["frames"] + report["frames_unreadable"] >= 115
+    assert 1.0 < report["damaged"]["first_at_s"] < 3.5
+    assert "could not be decoded and were skipped" in err
+
+
+@pytest.mark.slow
+def test_a_stream_url_is_scanned_for_max_seconds(capsys, rtsp_server_factory):
+    server = rtsp_server_factory()
+    url = server.url(credentials="viewer:hunter2")
+    code, out, err = run_scan(capsys, url, "--max-seconds", "3", "--no-progress")
+    report = json.loads(out)
+    assert code == 0, err
+    assert report["kind"] == "stream" and report["path"] == url.replace("hunter2", "***")
+    assert 15 <= report["frames"] <= 31 and report["tracks"] and report["verdict"] in VERDICTS
+    assert "hunter2" not in out + err
 
 
 @pytest.mark.slow

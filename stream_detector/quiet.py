@@ -1,0 +1,129 @@
+"""Native libraries' log noise kept off the terminal unless ``--verbose``.
+
+TensorFlow, LiteRT (46 "Sparsity tensors" lines per model load), absl, oneDNN, FFmpeg and Qt write
+straight to file descriptor 2 from C++, past Python's logging, and bury the one-line messages this
+tool promises. Their own log levels are set through the environment before they load; what they print
+regardless is filtered at the descriptor: fd 2 becomes a pipe whose reader thread drops the known
+noise lines and passes everything else on, in order (progress bars with ``\\r`` included) to the
+real stderr. ``stop()`` (also at exit) restores fd 2 and drains the pipe, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import sys
+import threading
+import warnings
+
+# The libraries' own switches, set before they are imported (setdefault: a user's choice wins).
+QUIET_ENVIRONMENT = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "GLOG_minloglevel": "2",
+    "ABSL_MIN_LOG_LEVEL": "2",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+    "OPENCV_LOG_LEVEL": "ERROR",
+    "OPENCV_FFMPEG_LOGLEVEL": "-8",
+    "QT_LOGGING_RULES": "*.debug=false;*.info=false;*.warning=false",
+}
+
+NOISE = re.compile(
+    rb"(?:"
+    rb"(?:WARNING|INFO|ERROR): \[[\w.]+:\d+\]"  # LiteRT / TFLite: WARNING: [model_load.cc:402] ...
+    rb"|INFO: Created TensorFlow Lite"
+    rb"|WARNING: All log messages before absl::InitializeLog"
+    rb"|WARNING: Logging before InitGoogle"
+    rb"|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"  # absl / glog: W0000 00:00:17.. 7140 file.cc:12] ...
+    rb"|\[[\w,]+ @ 0x[0-9a-f]+\]"  # FFmpeg: [mpeg4 @ 0x55d4...] header damaged
+    rb"|\[ *(?:WARN|INFO|DEBUG):\d+@[\d.]+\]"  # OpenCV: [ WARN:0@0.3] global cap.cpp ...
+    rb"|oneDNN custom operations are on"
+    rb"|To enable the following instructions"
+    rb"|This TensorFlow binary is optimized"
+    rb"|Sparsity tensors"
+    rb"|The X11 connection broke"  # Qt's, before it exits; the webcam's display guard says it in one line
+    rb")"
+)
+
+SEPARATOR = re.compile(rb"\r\n?|\n")
+
+_filter: _DescriptorFilter | None = None
+
+
+def _without_noise(segment: bytes, separator: bytes) -> bytes:
+    """One segment of stderr with any noise line cut out; nothing at all for a whole noise line."""
+    match = NOISE.search(segment)
+    if match is None:
+        return segment + separator
+    # A noise line that began after a progress bar's text: the bar stays, its redraw follows with \r.
+    return segment[: match.start()]
+
+
+class _DescriptorFilter:
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        self._original = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._read_end = read_end
+        self._thread = threading.Thread(target=self._pump, name="stderr-filter", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self._read_end, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            pending += chunk
+            # Segments end at \n or \r (a progress bar redraws with \r); a noise line may also start
+            # in the middle of one (a library writing while a bar is drawn): the line from there goes.
+            out, start = [], 0
+            for match in SEPARATOR.finditer(pending):
+                out.append(_without_noise(pending[start : match.start()], match.group()))
+                start = match.end()
+            pending = pending[start:]
+            text = b"".join(out)
+            if text:
+                os.write(self._original, text)
+        if pending:
+            os.write(self._original, _without_noise(pending, b""))
+        os.close(self._read_end)
+
+    def stop(self) -> None:
+        sys.stderr.flush()
+        # Pointing fd 2 back closes the pipe's last write end: the reader drains it and ends.
+        os.dup2(self._original, 2)
+        self._thread.join(5.0)
+        os.close(self._original)
+
+
+def quiet_native_logs() -> None:
+    """Quiet the native libraries for this process (idempotent). Call before importing them."""
+    global _filter
+    for key, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    # Python-level warnings of the same libraries (Keras' input-structure notes and the like).
+    warnings.filterwarnings("ignore", module=r"(keras|tensorflow|google|absl|jax)(\.|$)")
+    if _filter is None:
+        try:
+            _filter = _DescriptorFilter()
+        except OSError:  # no usable fd 2 (a daemon without stderr): nothing to filter
+            return
+        atexit.register(stop_filtering)
+
+
+def original_stderr() -> int:
+    """The descriptor of the real stderr, for a last line written just before ``os._exit``."""
+    return _filter._original if _filter is not None else 2
+
+
+def stop_filtering() -> None:
+    global _filter
+    if _filter is not None:
+        active, _filter = _filter, None
+        active.stop()
