@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"access token required by /offer and /scan (default: ${TOKEN_ENVIRONMENT}); "
         "open the page as /?token=...",
     )
+    parser.add_argument(
+        "--offers-per-minute",
+        type=float,
+        default=12.0,
+        help="offers accepted per client address after a burst of 6; more get HTTP 429 (default 12)",
+    )
     add_engine_arguments(parser, classify_hz=15.0)
     parser.add_argument(
         "--max-upload-mb", type=float, default=200.0, help="largest file /scan accepts (default 200)"
@@ -50,6 +56,8 @@ def _check(args: argparse.Namespace) -> None:
         raise StreamDetectorError(f"--port must be 0..65535, not {args.port}")
     if args.max_peers < 1:
         raise StreamDetectorError(f"--max-peers must be at least 1, not {args.max_peers}")
+    if args.offers_per_minute <= 0:
+        raise StreamDetectorError(f"--offers-per-minute must be positive, not {args.offers_per_minute}")
     if args.max_upload_mb <= 0:
         raise StreamDetectorError(f"--max-upload-mb must be positive, not {args.max_upload_mb}")
     if args.classify_hz < 0:
@@ -86,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         max_peers=args.max_peers,
         token=args.token or None,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        offers_per_minute=args.offers_per_minute,
         ice_addresses=tuple(local_addresses) if local_addresses else None,
         # Bound to loopback, only loopback candidates are accepted: media never leaves this machine.
         remote_addresses=tuple(local_addresses) if local_addresses and is_loopback(args.host) else None,

@@ -68,7 +68,7 @@ class PeerSession:
         worker: FrameWorker,
         *,
         on_closed: Callable[[PeerSession], None],
-        connect_timeout_s: float = 20.0,
+        connect_timeout_s: float = 8.0,
         idle_timeout_s: float = 10.0,
     ) -> None:
         self.peer_id = peer_id
@@ -121,6 +121,13 @@ class PeerSession:
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label == VERDICT_CHANNEL_LABEL or self.channel is None:
             self.channel = channel
+            # A browser's pc.close() closes the channel at once; ICE would notice only much later.
+            channel.on("close", self._on_channel_closed)
+
+    def _on_channel_closed(self) -> None:
+        if not self.closed:
+            log.info("peer %s: the other side closed the call", self.peer_id)
+            self.close()
 
     async def _on_state(self) -> None:
         state = self.connection.connectionState
@@ -156,6 +163,8 @@ class PeerSession:
             self._last_frame_s = time.monotonic()
             self._worker.submit(self.source_id, frame, monotonic_ms())
         log.info("peer %s: video track ended", self.peer_id)
+        # The sender ended its track (RTCP BYE) or the transport went: the slot is free now.
+        self.close()
 
     async def _drain(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):

@@ -14,10 +14,12 @@ import functools
 import hmac
 import json
 import logging
+import math
 import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,8 +66,12 @@ class ServerSettings:
     max_peers: int = 4
     token: str | None = None
     max_upload_bytes: int = 200 * 1024 * 1024
-    connect_timeout_s: float = 20.0
+    # An offer that never completes ICE holds its slot this long (ICE on a LAN connects in 1-2 s).
+    connect_timeout_s: float = 8.0
     idle_timeout_s: float = 10.0
+    # Offers accepted per client address: a burst, then one per 60 / offers_per_minute seconds.
+    offers_per_minute: float = 12.0
+    offer_burst: int = 6
     # Local addresses ICE may use (None: all but loopback, aioice's default) and the remote candidate
     # addresses accepted (None: all). A loopback-bound server sets both to its loopback address.
     ice_addresses: tuple[str, ...] | None = None
@@ -89,7 +95,11 @@ class ServerState:
     scan_executor: concurrent.futures.ThreadPoolExecutor | None = None
     scan_progress: dict[str, _ScanProgress] = field(default_factory=dict)
     stopping: threading.Event = field(default_factory=threading.Event)
+    offer_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(12.0, 6))
 
+
+# Bodies read whole (offers); /scan streams its upload under its own limit.
+MAX_REQUEST_BYTES = 1024 * 1024
 
 STATE_KEY = web.AppKey("stream_detector_webrtc", ServerState)
 
@@ -109,6 +119,72 @@ def _protected(path: str) -> bool:
     return path.startswith(("/offer", "/scan", "/status"))
 
 
+class RateLimiter:
+    """A token bucket per client address: ``burst`` at once, then ``per_minute``. Pure: ``now`` (s)
+    is an argument, so tests feed times."""
+
+    def __init__(self, per_minute: float, burst: int, max_clients: int = 10_000) -> None:
+        self.per_second = per_minute / 60.0
+        self.burst = burst
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, client: str, now: float) -> float:
+        """0 when ``client`` may go ahead (one token taken); else the seconds until it may."""
+        tokens, last = self._buckets.get(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.per_second)
+        if tokens >= 1.0:
+            self._remember(client, (tokens - 1.0, now))
+            return 0.0
+        self._remember(client, (tokens, now))
+        return (1.0 - tokens) / self.per_second if self.per_second > 0 else float("inf")
+
+    def _remember(self, client: str, bucket: tuple[float, float]) -> None:
+        self._buckets[client] = bucket
+        if len(self._buckets) > self.max_clients:
+            # Full buckets carry no state worth keeping; drop the oldest entries.
+            for stale in sorted(self._buckets, key=lambda key: self._buckets[key][1])[
+                : self.max_clients // 10
+            ]:
+                del self._buckets[stale]
+
+
+# What aiohttp's own errors say, as one line of the documented JSON.
+HTTP_ERROR_MESSAGES = {
+    404: "no such page or endpoint",
+    405: "method not allowed here",
+    413: "request body is too large",
+}
+
+
+@web.middleware
+async def json_errors_middleware(request: web.Request, handler):
+    """Every error of every endpoint as ``{"error": ...}`` with its status, one line in the log."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        message = HTTP_ERROR_MESSAGES.get(error.status, error.reason)
+        if error.status == 413:
+            message = f"request body is larger than the {_megabytes(MAX_REQUEST_BYTES)} limit"
+        headers = {key: value for key, value in error.headers.items() if key in ("Allow", "Retry-After")}
+        log.info("%s %s: %d %s", request.method, request.path, error.status, message)
+        return error_response(error.status, message, **headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as error:
+        detail = str(error).splitlines()[0] if str(error) else ""
+        log.error(
+            "%s %s failed: %s%s",
+            request.method,
+            request.path,
+            type(error).__name__,
+            f": {detail}" if detail else "",
+        )
+        return error_response(500, "internal error (the server's log has the reason)")
+
+
 @web.middleware
 async def token_middleware(request: web.Request, handler):
     expected = request.app[STATE_KEY].settings.token
@@ -121,6 +197,15 @@ async def token_middleware(request: web.Request, handler):
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    # The page's own files by name only (no sub-folders, no ..): a missing one is a JSON 404.
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -137,6 +222,17 @@ async def status(request: web.Request) -> web.Response:
 
 async def offer(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    # Every attempt counts, well-formed or not: the limit guards the parsing and ICE work too.
+    client = request.remote or "unknown"
+    wait_s = state.offer_limiter.take(client, time.monotonic())
+    if wait_s > 0:
+        log.info("offer from %s refused: over %g offers per minute", client, state.settings.offers_per_minute)
+        return error_response(
+            429,
+            f"too many offers from {client}: at most {state.settings.offers_per_minute:g} per minute "
+            f"after a burst of {state.settings.offer_burst}; try again in {math.ceil(wait_s)} s",
+            **{"Retry-After": str(math.ceil(wait_s))},
+        )
     try:
         description = parse_offer(await request.read())
     except OfferError as error:
@@ -317,9 +413,14 @@ def create_app(
     settings: ServerSettings, annotator: FrameAnnotator, scanner: Scanner | None = None
 ) -> web.Application:
     """The application; the engine worker and scan thread start and stop with it."""
-    app = web.Application(middlewares=[token_middleware], client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[json_errors_middleware, token_middleware], client_max_size=MAX_REQUEST_BYTES
+    )
     app[STATE_KEY] = ServerState(
-        settings=settings, worker=FrameWorker(annotator, max_batch=settings.max_batch), scanner=scanner
+        settings=settings,
+        worker=FrameWorker(annotator, max_batch=settings.max_batch),
+        scanner=scanner,
+        offer_limiter=RateLimiter(settings.offers_per_minute, settings.offer_burst),
     )
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_peers)
@@ -328,5 +429,5 @@ def create_app(
     app.router.add_post("/scan", scan)
     app.router.add_get("/scan/progress", scan_progress)
     app.router.add_get("/status", status)
-    app.router.add_static("/static/", STATIC_DIR)
+    app.router.add_get("/static/{name}", static_file)
     return app

@@ -26,6 +26,7 @@ from stream_detector.pipeline.types import Verdict
 
 MAX_OFFER_BYTES = 256 * 1024
 VERDICT_CHANNEL_LABEL = "verdicts"
+REQUIRED_SDP_FIELDS = ("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:")
 
 
 class OfferError(StreamDetectorError):
@@ -49,6 +50,8 @@ def parse_offer(body: bytes) -> SessionDescription:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise OfferError('offer is not JSON (expected {"sdp": ..., "type": "offer"})') from None
+    except RecursionError:  # deeply nested arrays or objects: not an offer, and not worth a 500
+        raise OfferError('offer is nested too deeply (expected {"sdp": ..., "type": "offer"})') from None
     if not isinstance(data, dict):
         raise OfferError('offer must be a JSON object {"sdp": ..., "type": "offer"}')
     sdp, kind = data.get("sdp"), data.get("type")
@@ -60,6 +63,10 @@ def parse_offer(body: bytes) -> SessionDescription:
         raise OfferError('offer "sdp" is not a session description (it must start with v=0)')
     if "m=video" not in sdp:
         raise OfferError("offer has no video track (m=video); send the camera's video")
+    # What every WebRTC offer carries and aiortc asserts on (an AssertionError is no answer).
+    missing = [field for field in REQUIRED_SDP_FIELDS if field not in sdp]
+    if missing:
+        raise OfferError(f'offer "sdp" is not a WebRTC offer: it lacks {", ".join(missing)}')
     return SessionDescription(sdp=sdp, type=kind)
 
 

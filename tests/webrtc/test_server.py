@@ -28,7 +28,7 @@ from stream_detector.pipeline.types import Frame, Verdict, VerdictState
 from stream_detector.webrtc.ice import filter_candidates, host_addresses_for, restrict_host_addresses
 from stream_detector.webrtc.latency import MarkerJitterBuffer
 from stream_detector.webrtc.peer import PeerSession
-from stream_detector.webrtc.server import STATE_KEY, ScanResult, ServerSettings, create_app
+from stream_detector.webrtc.server import STATE_KEY, RateLimiter, ScanResult, ServerSettings, create_app
 from stream_detector.webrtc.signalling import OfferError, parse_offer
 from stream_detector.webrtc.worker import Annotated, FrameWorker
 from tools.waiting import wait_until_async as wait_until
@@ -127,6 +127,8 @@ def loopback_settings(**overrides) -> ServerSettings:
         (json.dumps({"sdp": "v=0\r\nm=video 9", "type": "answer"}).encode(), '"type" must be "offer"'),
         (json.dumps({"sdp": "hello", "type": "offer"}).encode(), "start with v=0"),
         (json.dumps({"sdp": "v=0\r\nm=audio 9 UDP", "type": "offer"}).encode(), "no video track"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (json.dumps({"sdp": "v=0\r\nm=video\r\n", "type": "offer"}).encode(), "lacks a=ice-ufrag:"),
     ],
 )
 def test_malformed_offers_are_refused_with_a_one_line_reason(body: bytes, reason: str) -> None:
@@ -279,7 +281,11 @@ def test_offers_that_cannot_be_used_get_http_400() -> None:
             bodies = [
                 b"{nope",
                 json.dumps(
-                    {"sdp": "v=0\r\nm=video 9 RTP/AVP 0\r\nthis is not sdp", "type": "offer"}
+                    {
+                        "sdp": "v=0\r\nm=video 9 RTP/AVP 0\r\na=ice-ufrag:x\r\na=ice-pwd:y\r\n"
+                        "a=fingerprint:sha-256 00\r\nthis is not sdp",
+                        "type": "offer",
+                    }
                 ).encode(),
             ]
             for body in bodies:
@@ -374,6 +380,9 @@ def _threads() -> set[str]:
 def test_a_call_returns_annotated_video_and_verdicts_then_cleans_up() -> None:
     annotator = FakeAnnotator()
     threads_before = _threads()
+    # Calls of earlier tests (the browser's) may still be winding down: only this call's objects count.
+    gc.collect()
+    before = {id(item) for item in gc.get_objects() if isinstance(item, PeerSession | RTCPeerConnection)}
 
     async def scenario() -> dict:
         app = create_app(loopback_settings(), annotator)
@@ -423,7 +432,9 @@ def test_a_call_returns_annotated_video_and_verdicts_then_cleans_up() -> None:
     # Nothing holds on to the call's objects (a reference cycle through a callback would).
     gc.collect()
     alive = [
-        type(item).__name__ for item in gc.get_objects() if isinstance(item, PeerSession | RTCPeerConnection)
+        type(item).__name__
+        for item in gc.get_objects()
+        if isinstance(item, PeerSession | RTCPeerConnection) and id(item) not in before
     ]
     assert not alive, f"still alive after the call: {alive}"
 
@@ -695,3 +706,91 @@ def test_send_only_offers_get_verdicts_and_receive_only_offers_are_refused() -> 
     assert direction == "a=recvonly" and message_count >= 5
     assert status == 400 and body["error"].startswith("offer does not send video")
     assert peers == 0
+
+
+def test_the_offer_rate_limit_per_client_address() -> None:
+    limiter = RateLimiter(per_minute=6.0, burst=3)
+    assert [limiter.take("10.0.0.1", 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("10.0.0.1", 100.0) == pytest.approx(10.0)
+    assert limiter.take("10.0.0.2", 100.0) == 0.0  # another address has its own bucket
+    assert limiter.take("10.0.0.1", 105.0) == pytest.approx(5.0)
+    assert limiter.take("10.0.0.1", 110.0) == 0.0
+
+
+# (method, path, body, status, words in the error): every error of every endpoint is JSON.
+HTTP_ERRORS = [
+    ("POST", "/offer", b"[" * 50_000 + b"]" * 50_000, 400, "nested too deeply"),
+    ("POST", "/offer", json.dumps({"sdp": "v=0\r\nm=video\r\n", "type": "offer"}).encode(), 400, "lacks"),
+    ("POST", "/offer", b"x" * (2 * 1024 * 1024), 413, "larger than the 1 MB limit"),
+    ("GET", "/offer", b"", 405, "method not allowed"),
+    ("GET", "/no/such/page", b"", 404, "no such page"),
+    ("GET", "/static/missing.js", b"", 404, "no such page"),
+]
+
+
+def test_every_error_is_the_documented_json() -> None:
+    async def scenario() -> list[tuple[int, str, object]]:
+        app = create_app(loopback_settings(), FakeAnnotator())
+        replies = []
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            for method, path, body, _, _ in HTTP_ERRORS:
+                async with http.request(method, f"{base}{path}", data=body or None) as response:
+                    replies.append((response.status, response.content_type, await response.json()))
+        return replies
+
+    for (_, path, _, status, words), (got, content_type, body) in zip(
+        HTTP_ERRORS, run(scenario()), strict=True
+    ):
+        assert (got, content_type) == (status, "application/json"), path
+        assert set(body) == {"error"} and words in body["error"] and "\n" not in body["error"], body
+
+
+def test_offers_over_the_rate_limit_get_429_with_retry_after() -> None:
+    async def scenario() -> list[tuple[int, str | None, dict]]:
+        app = create_app(loopback_settings(offer_burst=2, offers_per_minute=2.0), FakeAnnotator())
+        body = json.dumps({"sdp": "v=0\r\nm=video\r\n", "type": "offer"}).encode()
+        replies = []
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.post(f"{base}/offer", data=body) as response:
+                    replies.append(
+                        (response.status, response.headers.get("Retry-After"), await response.json())
+                    )
+        return replies
+
+    replies = run(scenario())
+    assert [status for status, _, _ in replies] == [400, 400, 429]
+    assert replies[2][1] == "30" and "too many offers from 127.0.0.1" in replies[2][2]["error"]
+
+
+def test_slots_are_freed_at_once_on_close_and_soon_when_ice_never_connects() -> None:
+    annotator = FakeAnnotator()
+
+    async def scenario() -> tuple[float, float]:
+        app = create_app(loopback_settings(max_peers=1, connect_timeout_s=1.5), annotator)
+        async with serving(app) as base, aiohttp.ClientSession() as http:
+            state = app[STATE_KEY]
+            call = await start_call(http, base, StampedTrack(plain_frame))
+            await wait_until(lambda: len(call.messages) >= 3, 10, "first messages")
+            closed_at = time.monotonic()
+            await call.close()
+            await wait_until(lambda: not state.peers, 3, "the closed call's slot to be free")
+            freed_after_close = time.monotonic() - closed_at
+
+            # An offer whose sender never answers ICE: it holds the one slot only for connect_timeout_s.
+            silent = RTCPeerConnection()
+            silent.addTransceiver("video", direction="sendonly")
+            await silent.setLocalDescription(await silent.createOffer())
+            offer = {"sdp": silent.localDescription.sdp, "type": "offer"}
+            async with http.post(f"{base}/offer", json=offer) as response:
+                assert response.status == 200
+            held_from = time.monotonic()
+            async with http.post(f"{base}/offer", json=offer) as response:
+                assert response.status == 503  # the slot is held...
+            await wait_until(lambda: not state.peers, 6, "the unconnected offer's slot to be free")
+            held_for = time.monotonic() - held_from
+            await silent.close()
+        return freed_after_close, held_for
+
+    freed_after_close, held_for = run(scenario())
+    assert freed_after_close < 3.0 and 1.0 < held_for < 6.0
