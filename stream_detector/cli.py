@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None, quiet_native: bool = False) -> int:
     entry does; a caller embedding this in its own process keeps its stderr as it is)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if quiet_native and not args.verbose:
+    # The daemon turns native lines into structured log records itself (daemon/ops.NativeStderr).
+    if quiet_native and not args.verbose and args.command != "daemon":
         from stream_detector.quiet import quiet_native_logs
 
         quiet_native_logs()

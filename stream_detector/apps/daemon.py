@@ -37,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Many cameras share a pool of detectors (faces.DetectorPool) instead of one MediaPipe graph each.
         engine = build_engine(config.engine, shared_detectors=True)  # ModelError: one line, exit 2
-        daemon = Daemon(config, engine)
-        with StopSignals() as stop:
-            return daemon.run(stop)
+        daemon = Daemon(config, engine, config_loader=lambda: load_config(args.config))
+        signals = StopSignals()
+        with signals as stop:
+            return daemon.run(stop, signals.reload)
     finally:
         native.close()

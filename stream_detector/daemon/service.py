@@ -10,7 +10,15 @@ Threads, and what each owns:
 - the webhook sender (events.py) and the ops HTTP server (ops.py), so neither can slow detection.
 
 Stop (SIGTERM / SIGINT, or ``stop`` set): the loop finishes its batch; open events are closed and
-written; cameras stop (joined together, bounded); the webhook gets a short drain; the HTTP server last.
+written; cameras stop (joined together, within ``stop_bound_s``: the longest camera open/read timeout
+plus a second, since a read blocked in FFmpeg cannot be cut short); the webhook gets a short drain; the
+HTTP server last.
+
+Reload (SIGHUP, ``systemctl reload``, or ``reload`` set): the config file is read and validated again;
+a bad file is one logged line and the running config stays. Cameras added start, cameras removed or
+disabled stop (their open events end with ``"reason": "removed"``), cameras whose settings changed
+restart (``"reason": "reconfigured"``); the others are not touched. Changes outside ``[[cameras]]``
+are logged as needing a restart.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stream_detector.daemon.cameras import ReconnectingCamera, StreamSource
 from stream_detector.daemon.config import CameraConfig, DaemonConfig
@@ -36,6 +44,7 @@ from stream_detector.daemon.ops import (
     CameraHealth,
     DaemonMetrics,
     OpsServer,
+    configure_logging,
     health_document,
 )
 from stream_detector.errors import ConfigError
@@ -101,10 +110,13 @@ def release_free_memory() -> bool:
 
 
 class StopSignals:
-    """SIGTERM and SIGINT set an Event instead of raising; the previous handlers come back on exit."""
+    """SIGTERM and SIGINT set the stop Event, SIGHUP the reload Event, instead of raising (SIGHUP's
+    default would end the process at once, open events unwritten); the previous handlers come back
+    on exit."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.reload = threading.Event()
         self._previous: dict[int, object] = {}
 
     def _handle(self, signal_number: int, _frame: object) -> None:
@@ -114,9 +126,14 @@ class StopSignals:
             log.info("signal=%s: stopping", signal.Signals(signal_number).name)
         self.event.set()
 
+    def _handle_reload(self, _signal_number: int, _frame: object) -> None:
+        log.info("signal=SIGHUP: reloading the config")
+        self.reload.set()
+
     def __enter__(self) -> threading.Event:
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             self._previous[signal_number] = signal.signal(signal_number, self._handle)
+        self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._handle_reload)
         return self.event
 
     def __exit__(self, *exc: object) -> None:
@@ -170,7 +187,9 @@ class Daemon:
         config: DaemonConfig,
         engine: Engine,
         opener_factory: Callable[[CameraConfig], Callable[[], FrameSource]] | None = None,
+        config_loader: Callable[[], DaemonConfig] | None = None,
     ) -> None:
+        """``config_loader`` reads the config file again for a reload (None: reload is refused)."""
         self.config = config
         self.engine = engine
         self._stop = threading.Event()
@@ -179,29 +198,124 @@ class Daemon:
         self.ops_address: tuple[str, int] | None = None
         # EventsConfig is an EventPolicy: the rules read the config's own values.
         self.policy = config.events
-        self.runs: list[_CameraRun] = []
-        for camera_config in config.cameras:
-            if not camera_config.enabled:
-                continue
-            opener = (
-                opener_factory(camera_config)
-                if opener_factory is not None
-                else stream_opener(camera_config, config.secrets)
-            )
-            camera = ReconnectingCamera(camera_config.name, opener, camera_config.reconnect, stop=self._stop)
-            self.runs.append(
-                _CameraRun(
-                    config=camera_config,
-                    camera=camera,
-                    events=EventTracker(camera_config.name, self.policy),
-                    outage=OutageMonitor(camera_config.name, config.events.camera_offline_after_s * 1000),
-                    period_s=1.0 / camera_config.process_hz,
-                )
-            )
+        self._opener_factory = opener_factory
+        self.config_loader = config_loader
+        self.reloads = 0
+        self._closers: list[threading.Thread] = []
+        self.runs: list[_CameraRun] = [
+            self._new_run(camera_config) for camera_config in config.cameras if camera_config.enabled
+        ]
         self.sinks: EventSinks | None = None
         self.ops: OpsServer | None = None
         self.ready = threading.Event()
         self._error_counts: dict[str, int] = {}
+
+    def _new_run(self, camera_config: CameraConfig) -> _CameraRun:
+        opener = (
+            self._opener_factory(camera_config)
+            if self._opener_factory is not None
+            else stream_opener(camera_config, self.config.secrets)
+        )
+        camera = ReconnectingCamera(camera_config.name, opener, camera_config.reconnect, stop=self._stop)
+        return _CameraRun(
+            config=camera_config,
+            camera=camera,
+            events=EventTracker(camera_config.name, self.policy),
+            outage=OutageMonitor(camera_config.name, self.config.events.camera_offline_after_s * 1000),
+            period_s=1.0 / camera_config.process_hz,
+        )
+
+    @property
+    def stop_bound_s(self) -> float:
+        """How long stopping the cameras may take: a read blocked in FFmpeg ends only at its timeout."""
+        longest = max(
+            (
+                max(run.config.reconnect.open_timeout_s, run.config.reconnect.read_timeout_s)
+                for run in self.runs
+            ),
+            default=0.0,
+        )
+        return max(CAMERA_STOP_S, longest + 1.0)
+
+    # Reload.
+
+    def reload(self) -> bool:
+        """Apply the config file as it is now (see the module docstring); False if it was refused."""
+        if self.config_loader is None:
+            log.error("reload refused: this daemon was started without a config file to read again")
+            return False
+        try:
+            new = self.config_loader()
+        except ConfigError as error:
+            log.error("reload refused, the running config stays: %s", error)
+            return False
+        except OSError as error:
+            log.error("reload refused, the running config stays: %s", error.strerror or error)
+            return False
+        old_cameras = {run.config.name: run for run in self.runs}
+        wanted = {camera.name: camera for camera in new.cameras if camera.enabled}
+        now_ms = time.monotonic() * 1000.0
+        kept: list[_CameraRun] = []
+        stopping: list[tuple[_CameraRun, str]] = []
+        for name, run in old_cameras.items():
+            if name not in wanted:
+                stopping.append((run, "removed"))
+            elif wanted[name] != run.config:
+                stopping.append((run, "reconfigured"))
+            else:
+                kept.append(run)
+        for run, reason in stopping:
+            for event in run.events.close_all(now_ms):
+                self._emit(run, event, run.last_result, reason=reason)
+            self.metrics.open_events.labels(run.config.name).set(0)
+        # The old config's secrets mask the old URLs in these last lines; the new ones from here on.
+        secrets_changed = new.secrets != self.config.secrets
+        self.config = replace(self.config, cameras=new.cameras, secrets=new.secrets)
+        if secrets_changed:  # the log lines from here on mask the new config's secrets too
+            configure_logging(self.config.log_format, self.config.mask)
+        started: list[_CameraRun] = []
+        for name, camera_config in wanted.items():
+            if name in old_cameras and old_cameras[name] in kept:
+                continue
+            started.append(self._new_run(camera_config))
+        # A camera's close() ends its own supervisor thread only, and waits for it on a thread of its
+        # own: a silent camera's blocked read must not hold up the detection loop of the others.
+        for run, reason in stopping:
+            self.engine.close_source(run.config.name)
+            closer = threading.Thread(
+                target=self._close_camera, args=(run, reason), name=f"close-{run.config.name}", daemon=True
+            )
+            closer.start()
+            self._closers.append(closer)
+        for run in started:
+            run.camera.start()
+            log.info("camera=%s url=%s started (reload)", run.config.name, run.config.display_url)
+        self.runs = kept + started
+        ignored = [
+            section
+            for section in ("engine", "events", "http", "webhook", "log_format")
+            if getattr(new, section, None) != getattr(self.config, section, None)
+        ]
+        if ignored:
+            log.warning("reload: changes to %s apply at the next restart", ", ".join(ignored))
+        self.reloads += 1
+        log.info(
+            "reload done: %d camera(s) running, %d started, %d stopped",
+            len(self.runs),
+            len(started),
+            len(stopping),
+        )
+        return True
+
+    def _close_camera(self, run: _CameraRun, reason: str) -> None:
+        run.camera.close(self._camera_stop_bound(run))
+        log.info("camera=%s %s: stopped", run.config.name, reason)
+
+    @staticmethod
+    def _camera_stop_bound(run: _CameraRun) -> float:
+        return max(
+            CAMERA_STOP_S, max(run.config.reconnect.open_timeout_s, run.config.reconnect.read_timeout_s) + 1.0
+        )
 
     # Health and metrics (called from the HTTP server's threads).
 
@@ -234,9 +348,10 @@ class Daemon:
 
     # The run.
 
-    def run(self, stop: threading.Event | None = None) -> int:
-        """Until ``stop`` is set; 0 after a clean stop."""
+    def run(self, stop: threading.Event | None = None, reload: threading.Event | None = None) -> int:
+        """Until ``stop`` is set (``reload`` set: the config is applied again); 0 after a clean stop."""
         external = stop or threading.Event()
+        reload = reload or threading.Event()
         config = self.config
         try:
             log_file = JsonlEventLog(config.events.jsonl_path)
@@ -290,6 +405,12 @@ class Daemon:
         try:
             while not external.is_set():
                 self._heartbeat = time.monotonic()
+                if reload.is_set():
+                    reload.clear()
+                    try:
+                        self.reload()
+                    except Exception:  # a reload must never be what ends the daemon
+                        log.exception("reload failed; running on")
                 if not self._step():
                     external.wait(0.005)
                 if self._heartbeat - last_outage_check >= OUTAGE_CHECK_S:
@@ -454,9 +575,11 @@ class Daemon:
             for event in run.events.close_all(now_ms):
                 self._emit(run, event, run.last_result, reason="shutdown")
         self._stop.set()
-        deadline = time.monotonic() + CAMERA_STOP_S
+        deadline = time.monotonic() + self.stop_bound_s
         for run in self.runs:
             run.camera.close(max(0.1, deadline - time.monotonic()))
+        for closer in self._closers:  # cameras a reload removed, still stopping
+            closer.join(max(0.1, deadline - time.monotonic()))
         try:
             self.engine.close()
         except Exception:

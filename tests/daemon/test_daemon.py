@@ -131,6 +131,7 @@ class StubEngine:
         self.calls = 0
         self.fail_calls = fail_calls
         self.closed = False
+        self.closed_sources: list[str] = []
 
     def process_batch(self, frames):
         self.calls += 1
@@ -144,6 +145,9 @@ class StubEngine:
                 FrameResult(frame, (TrackedFace(1, box, 0.93),), (verdict,), {"total": 1.0}, fps=5.0)
             )
         return results
+
+    def close_source(self, source_id: str) -> None:
+        self.closed_sources.append(source_id)
 
     def close(self) -> None:
         self.closed = True
@@ -452,3 +456,157 @@ def test_rtsp_cameras_survive_a_server_restart_and_sigterm_closes_everything(tmp
     lines = log_lines()
     assert any("camera=door connected reconnects=1" in line["message"] for line in lines)
     assert lines[-1]["message"].startswith("stopped")
+
+
+def test_reload_starts_stops_and_restarts_only_the_cameras_that_changed(tmp_path):
+    engine = StubEngine()
+    config_path = tmp_path / "daemon.toml"
+    config_path.write_text(stub_config(tmp_path, cameras=("door", "yard")))
+    environment = {"CAM_PASSWORD": PASSWORD}
+    config = parse_config(config_path.read_text(), environment=environment)
+    daemon = Daemon(
+        config,
+        engine,
+        opener_factory=stub_openers,
+        config_loader=lambda: parse_config(config_path.read_text(), environment=environment),
+    )
+    stop, reload = threading.Event(), threading.Event()
+    thread = threading.Thread(target=daemon.run, args=(stop, reload), daemon=True)
+    thread.start()
+    assert daemon.ready.wait(10)
+    log_path = tmp_path / "out" / "events.jsonl"
+    try:
+        assert wait_until(
+            lambda: {e["camera"] for e in read_events(log_path) if e["kind"] == "start"} == {"door", "yard"},
+            10,
+        )
+        yard_camera = next(run.camera for run in daemon.runs if run.config.name == "yard")
+
+        # door removed, gate added, yard as it was: only door and gate are touched.
+        config_path.write_text(stub_config(tmp_path, cameras=("yard", "gate")))
+        reload.set()
+        assert wait_until(lambda: daemon.reloads == 1, 10)
+        assert sorted(run.config.name for run in daemon.runs) == ["gate", "yard"]
+        assert next(run.camera for run in daemon.runs if run.config.name == "yard") is yard_camera
+        assert engine.closed_sources == ["door"]
+        assert wait_until(
+            lambda: any(e["camera"] == "gate" and e["kind"] == "start" for e in read_events(log_path)), 10
+        )
+        door_ends = [e for e in read_events(log_path) if e["camera"] == "door" and e["kind"] == "end"]
+        assert [e["reason"] for e in door_ends] == ["removed"]
+
+        # yard's settings change: it restarts, its open incident ends as reconfigured.
+        config_path.write_text(
+            stub_config(tmp_path, cameras=("yard", "gate")).replace("process_hz = 10", "process_hz = 5")
+        )
+        reload.set()
+        assert wait_until(lambda: daemon.reloads == 2, 10)
+        assert next(run.camera for run in daemon.runs if run.config.name == "yard") is not yard_camera
+        assert [
+            e["reason"] for e in read_events(log_path) if e["camera"] == "yard" and e["kind"] == "end"
+        ] == ["reconfigured"]
+
+        # A broken file is refused and the running config stays.
+        config_path.write_text("[cameras.x\nurl = ")
+        reload.set()
+        time.sleep(0.5)
+        assert daemon.reloads == 2 and sorted(run.config.name for run in daemon.runs) == ["gate", "yard"]
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    events = read_events(log_path)
+    for event_id in {e["event_id"] for e in events}:
+        kinds = [e["kind"] for e in events if e["event_id"] == event_id]
+        assert kinds[0] == "start" and kinds.count("end") == 1 and kinds[-1] == "end", kinds
+
+
+@pytest.mark.slow
+def test_sighup_reloads_the_config_of_a_running_daemon_and_sigterm_is_bounded(tmp_path, rtsp_server_factory):
+    server = rtsp_server_factory(mounts=("door", "yard"))
+    silent = SilentServer()
+    config_path = tmp_path / "daemon.toml"
+
+    def write_config(cameras: dict[str, str]) -> None:
+        text = f"""
+[daemon]
+log_format = "json"
+[http]
+port = 0
+[engine]
+smoothing = {{ fake_enter = 0.0, fake_exit = 0.0, real_enter = 0.0, real_exit = 0.0, min_evidence = 2.0 }}
+threads = 1
+[events]
+directory = "{tmp_path / "out"}"
+min_duration_s = 0.5
+end_after_s = 60
+cooldown_s = 0
+[reconnect]
+open_timeout_s = 4
+read_timeout_s = 2
+stall_timeout_s = 3
+"""
+        for name, url in cameras.items():
+            text += f'[cameras.{name}]\nurl = "{url}"\n'
+        config_path.write_text(text)
+
+    silent_url = f"rtsp://127.0.0.1:{silent.port}/x"
+    write_config({"door": server.url("door"), "silent": silent_url})
+    stderr_path = tmp_path / "stderr.log"
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stream_detector.cli", "daemon", "--config", str(config_path)],
+            stderr=stderr,
+            stdout=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+    log_path = tmp_path / "out" / "events.jsonl"
+
+    def messages() -> list[str]:
+        return [json.loads(line)["message"] for line in stderr_path.read_text().splitlines() if line.strip()]
+
+    def health() -> dict:
+        port = next(int(m.split(":")[2].split("/")[0]) for m in messages() if m.startswith("ops endpoint"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return json.loads(response.read())["cameras"]
+
+    try:
+        assert wait_until(lambda: any(m.startswith("ops endpoint") for m in messages()), 60)
+        assert wait_until(
+            lambda: any(e["camera"] == "door" and e["kind"] == "start" for e in read_events(log_path)), 60
+        )
+
+        # door goes, yard comes, silent stays as it is.
+        write_config({"yard": server.url("yard"), "silent": silent_url})
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: any(m.startswith("reload done") for m in messages()), 20), messages()
+        assert process.poll() is None, "SIGHUP must not end the daemon"
+        assert wait_until(lambda: set(health()) == {"yard", "silent"} and health()["yard"]["connected"], 30)
+        assert wait_until(
+            lambda: any(e["camera"] == "yard" and e["kind"] == "start" for e in read_events(log_path)), 30
+        )
+        door_ends = [e for e in read_events(log_path) if e["camera"] == "door" and e["kind"] == "end"]
+        assert [e["reason"] for e in door_ends] == ["removed"]
+
+        # A bad file: one line, and nothing changes.
+        config_path.write_text("[cameras.yard]\nurl = 5\n")
+        process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: any(m.startswith("reload refused") for m in messages()), 20)
+        refusals = [m for m in messages() if m.startswith("reload refused")]
+        assert len(refusals) == 1 and "url" in refusals[0]
+        assert set(health()) == {"yard", "silent"} and process.poll() is None
+    finally:
+        # The silent camera sits in a blocked open (4 s timeout): the stop waits for it, no longer.
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            returncode = None
+        stop_took = time.monotonic() - stopped_at
+        silent.close()
+    assert returncode == 0
+    lines = messages()
+    assert not [m for m in lines if "did not stop within" in m], lines
+    assert lines[-1].startswith("stopped") and stop_took < 4 + 1 + 8  # the bound, plus the engine's close
