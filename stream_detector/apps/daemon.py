@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)  # ConfigError: one line, exit 2 (cli.py)
     if args.check:
+        for warning in config.warnings:
+            print(f"warning: {warning}")
         for camera in config.cameras:
             state = "enabled" if camera.enabled else "disabled"
             print(f"{camera.name}: {camera.display_url} ({state}, {camera.process_hz:g} Hz)")

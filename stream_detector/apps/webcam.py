@@ -30,6 +30,8 @@ from stream_detector.errors import SourceError, StreamDetectorError
 
 log = logging.getLogger(__name__)
 
+DEMO_CLIP = Path(__file__).resolve().parents[1] / "assets" / "demo.mp4"
+DEMO_NOTE = "no camera found: demo clip (--source for yours)"
 QUIT_KEYS = {ord("q"), ord("Q"), 27}
 PAUSE_KEYS = {ord("p"), ord("P")}
 SNAPSHOT_KEYS = {ord("s"), ord("S")}
@@ -42,8 +44,9 @@ ALTERNATIVES = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
-        default="0",
-        help="camera index (default 0), video file, image, folder of images, or rtsp://, http(s):// URL",
+        default=None,
+        help="camera index (default 0; without a camera the demo clip plays), video file, image, folder "
+        "of images, or rtsp://, http(s):// URL",
     )
     add_engine_arguments(parser, classify_hz=15.0)
     parser.add_argument("--loop", action="store_true", help="play a video file again at its end")
@@ -111,11 +114,31 @@ def snapshot_path(directory: str | Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = open_live_source(args.source, args.loop)
+    demo = False
+    if args.source is None:
+        # No --source: the first camera, or, on a machine without one, the demo clip.
+        try:
+            source = open_live_source("0", args.loop)
+        except SourceError as error:
+            if not DEMO_CLIP.is_file():
+                raise
+            print(
+                f"webcam: {str(error).split(';')[0]}: showing the demo clip instead "
+                "(--source FILE, URL or camera index for your own)",
+                file=sys.stderr,
+                flush=True,
+            )
+            demo = True
+            args.source, args.loop = str(DEMO_CLIP), True
+            source = open_live_source(args.source, loop=True)
+    else:
+        source = open_live_source(args.source, args.loop)
     try:
         check_display()
-    except StreamDetectorError:
+    except StreamDetectorError as error:
         source.close()
+        if demo:
+            return scan_demo_clip(args, str(error))
         raise
 
     import cv2
@@ -154,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
             if frame is not None and not paused:
                 result = engine.process(frame)
                 stats = meter.stats(dropped_frames=reader.dropped, backend=engine.backend)
-                image = draw(frame.image, result.verdicts, stats, copy=False)
+                image = draw(
+                    frame.image, result.verdicts, stats, status=DEMO_NOTE if demo else None, copy=False
+                )
                 if not sized:
                     cv2.resizeWindow(title, *initial_window_size(image.shape[1], image.shape[0]))
                     sized = True
@@ -207,6 +232,19 @@ def run(args: argparse.Namespace) -> int:
     if stopped:
         print(f"webcam: warning: {args.source}: {stopped}", file=sys.stderr, flush=True)
         return 1
+    return 0
+
+
+def scan_demo_clip(args: argparse.Namespace, why: str) -> int:
+    """Without a camera and a display: the demo clip through ``scan``, its report printed."""
+    import json
+
+    from stream_detector.pipeline.engine import settings_from_arguments
+    from stream_detector.scan.report import scan_video
+
+    print(f"webcam: {why.split(':')[0]}: scanning the demo clip instead", file=sys.stderr, flush=True)
+    report = scan_video(DEMO_CLIP, settings_from_arguments(args), progress=False)
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -177,6 +177,12 @@ class Backoff:
 
 @dataclass(frozen=True)
 class CameraStatus:
+    """Frame counters add up: ``frames_decoded = frames_skipped + frames_captured + (replaced in the
+    capture slot, counted in dropped_frames)``, and ``frames_captured = frames_taken + (replaced in
+    the camera slot, also in dropped_frames) + at most one waiting``. ``dropped_frames`` is every frame
+    decoded and converted that a newer one replaced before detection took it; ``frames_skipped`` those
+    not even converted (beyond the camera's rate cap)."""
+
     name: str
     state: CameraState
     connected: bool
@@ -186,6 +192,8 @@ class CameraStatus:
     reconnects: int  # successful re-opens after a lost or failed connection
     failed_opens: int
     stalls: int  # connections dropped by the watchdog
+    frames_decoded: int
+    frames_skipped: int
     last_frame_age_s: float | None
     capture_fps: float
     last_error: str | None
@@ -219,7 +227,9 @@ class ReconnectingCamera:
         self._ever_connected = False
         self._frames_captured = 0
         self._frames_taken = 0
-        self._dropped = 0
+        self._dropped = 0  # replaced in either slot, over all connections that ended
+        self._slot_dropped = 0  # the part of _dropped replaced in the camera's own slot
+        self._skipped = 0  # thinned out by the source's rate cap, over all connections that ended
         self._reconnects = 0
         self._failed_opens = 0
         self._stalls = 0
@@ -270,16 +280,21 @@ class ReconnectingCamera:
                 if len(window) >= 2 and window[-1] > window[0]
                 else 0.0
             )
+            live_dropped, live_skipped = self._live_counts()
+            dropped = self._dropped + live_dropped
+            skipped = self._skipped + live_skipped
             return CameraStatus(
                 name=self.name,
                 state=self._state,
                 connected=self._state == CameraState.CONNECTED,
                 frames_captured=self._frames_captured,
                 frames_taken=self._frames_taken,
-                dropped_frames=self._dropped + self._live_dropped(),
+                dropped_frames=dropped,
                 reconnects=self._reconnects,
                 failed_opens=self._failed_opens,
                 stalls=self._stalls,
+                frames_decoded=self._frames_captured + skipped + (dropped - self._slot_dropped),
+                frames_skipped=skipped,
                 last_frame_age_s=None if self._last_frame_at is None else max(0.0, now - self._last_frame_at),
                 capture_fps=fps,
                 last_error=self._last_error,
@@ -288,11 +303,12 @@ class ReconnectingCamera:
                 ),
             )
 
-    def _live_dropped(self) -> int:
+    def _live_counts(self) -> tuple[int, int]:
+        """The live connection's frames replaced in its capture slot, and skipped by its rate cap."""
         if self._live is None:
-            return 0
+            return 0, 0
         reader, source = self._live
-        return reader.dropped + int(getattr(source, "skipped", 0))
+        return reader.dropped, int(getattr(source, "skipped", 0))
 
     def close(self, timeout: float = 3.0) -> None:
         self._closed.set()
@@ -411,7 +427,9 @@ class ReconnectingCamera:
                 self._store(frame)
         finally:
             with self._condition:
-                self._dropped += self._live_dropped()
+                live_dropped, live_skipped = self._live_counts()
+                self._dropped += live_dropped
+                self._skipped += live_skipped
                 self._live = None
             # close() joins briefly; a capture thread stuck in a read is left to its read timeout.
             reader.close()
@@ -438,6 +456,7 @@ class ReconnectingCamera:
         with self._condition:
             if self._slot is not None:
                 self._dropped += 1
+                self._slot_dropped += 1
             self._slot = frame
             self._frames_captured += 1
             self._last_frame_at = now

@@ -9,6 +9,7 @@ endpoints.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -132,6 +133,8 @@ class DaemonConfig:
     max_batch_frames: int = DaemonSection.max_batch_frames
     secrets: tuple[str, ...] = field(default=(), repr=False)
     source_path: Path | None = None
+    # Things that are allowed but probably not meant (the same stream twice): shown by --check, logged.
+    warnings: tuple[str, ...] = ()
 
     def mask(self, text: str) -> str:
         return mask(text, self.secrets)
@@ -270,7 +273,40 @@ class _Loader:
             self.secrets.append(secret)
             return secret
 
-        return ENV_PATTERN.sub(substitute, value)
+        expanded = ENV_PATTERN.sub(substitute, value)
+        # What is left of "${" had no closing brace: kept literally it would be a wrong URL or password.
+        leftover = ENV_PATTERN.sub("", value)
+        if "${" in leftover:
+            raise ConfigError(f"{key_path}: '${{' without a closing '}}' (write ${{NAME}} for a variable)")
+        return expanded
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """An IPv4/IPv6 address or an RFC 1123 host name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
+def _cannot_create(directory: Path) -> str | None:
+    """Why ``directory`` could not be created (or written) by this user; None when it can."""
+    probe = directory if directory.is_absolute() else Path.cwd() / directory
+    while not probe.exists():
+        if probe.parent == probe:
+            return "no existing parent folder"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
 
 
 def _describe(value: Any) -> str:
@@ -432,12 +468,20 @@ def parse_config(
     http = HttpConfig(**read_declared(http_table, HttpConfig))
     if not http.host:
         raise http_table.error("host", "must not be empty")
+    if not _is_host(http.host):
+        raise http_table.error("host", f"is not an IP address or host name: {http.host!r}")
     http_table.finish()
 
-    engine = _engine(root.table("engine"))
+    engine_table = root.table("engine")
+    engine = _engine(engine_table)
+    if engine.model_dir is not None and not Path(engine.model_dir).is_dir():
+        raise engine_table.error("model_dir", f"no such folder: {engine.model_dir}")
 
     events_table = root.table("events")
     events = EventsConfig(**read_declared(events_table, EventsConfig))
+    problem = _cannot_create(Path(events.directory))
+    if problem:
+        raise events_table.error("directory", f"cannot create {events.directory}: {problem}")
     events_table.finish()
 
     webhook = _webhook(root.table("webhook"), loader)
@@ -455,6 +499,26 @@ def parse_config(
             )
         cameras.append(_camera(name, cameras_table.table(name), reconnect_defaults, loader))
     cameras_table.finish()
+    by_id: dict[str, str] = {}
+    for camera in cameras:
+        # Names become file names and metric labels: two that differ only in case would collide.
+        other = by_id.setdefault(camera.name.lower(), camera.name)
+        if other != camera.name:
+            raise ConfigError(
+                f"cameras.{camera.name}: collides with cameras.{other} (names must differ in more than letter "
+                "case: they name snapshot files and metric labels)"
+            )
+    warnings = []
+    by_url: dict[str, str] = {}
+    for camera in cameras:
+        if not camera.enabled:
+            continue
+        first = by_url.setdefault(camera.url, camera.name)
+        if first != camera.name:
+            warnings.append(
+                f"cameras.{camera.name}: the same URL as cameras.{first} ({camera.display_url}): "
+                "the stream is opened and judged twice"
+            )
     if not any(camera.enabled for camera in cameras):
         raise ConfigError("cameras: every camera is disabled (enabled = false); nothing to watch")
 
@@ -470,6 +534,7 @@ def parse_config(
         engine=engine,
         secrets=secrets,
         source_path=source_path,
+        warnings=tuple(warnings),
     )
 
 

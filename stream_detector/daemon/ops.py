@@ -52,10 +52,12 @@ class CameraHealth:
     lag_s: float | None  # age of the newest processed frame when its results came out
     reconnects: int
     failed_opens: int
-    dropped_frames: int
-    frames_captured: int
+    dropped_frames: int  # decoded, then replaced by newer frames before detection took them
+    frames_captured: int  # reached the camera's newest-frame slot
     frames_processed: int
     last_error: str | None = None
+    frames_decoded: int = 0  # = frames_skipped + frames_captured + those dropped in the capture slot
+    frames_skipped: int = 0  # beyond the camera's rate cap: not even converted
 
 
 # The daemon's own series: attribute, kind, name, help, labels (and buckets for histograms).
@@ -163,14 +165,26 @@ CAMERA_METRICS: tuple[tuple[type, str, str, Callable[[CameraHealth], float | Non
     ),
     (
         CounterMetricFamily,
+        "stream_detector_camera_frames_decoded",
+        "Frames decoded from the stream (= skipped + captured + dropped before the camera slot)",
+        lambda c: c.frames_decoded,
+    ),
+    (
+        CounterMetricFamily,
+        "stream_detector_camera_frames_skipped",
+        "Frames decoded beyond the camera's rate cap, never converted",
+        lambda c: c.frames_skipped,
+    ),
+    (
+        CounterMetricFamily,
         "stream_detector_camera_frames_captured",
-        "Frames decoded",
+        "Frames that reached the camera's newest-frame slot",
         lambda c: c.frames_captured,
     ),
     (
         CounterMetricFamily,
         "stream_detector_camera_dropped_frames",
-        "Frames decoded but never processed (newer ones replaced them)",
+        "Frames decoded and converted but replaced by newer ones before detection took them",
         lambda c: c.dropped_frames,
     ),
     (

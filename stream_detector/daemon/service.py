@@ -337,6 +337,8 @@ class Daemon:
                     failed_opens=status.failed_opens,
                     dropped_frames=status.dropped_frames,
                     frames_captured=status.frames_captured,
+                    frames_decoded=status.frames_decoded,
+                    frames_skipped=status.frames_skipped,
                     frames_processed=run.frames_processed,
                     last_error=status.last_error,
                 )
@@ -400,6 +402,8 @@ class Daemon:
             self.engine.description,
             log_file.path,
         )
+        for warning in config.warnings:
+            log.warning("config: %s", warning)
         self.ready.set()
         last_trim = last_outage_check = time.monotonic()
         try:

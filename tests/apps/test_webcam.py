@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -262,3 +263,34 @@ def test_a_file_that_cannot_be_read_to_its_end_is_not_a_normal_end(tmp_path, ast
     assert "webcam: end of source" in result.stderr
     warning = [line for line in result.stderr.splitlines() if line.startswith("webcam: warning:")]
     assert len(warning) == 1 and "cut.avi" in warning[0] and "truncated or corrupt" in warning[0]
+
+
+@pytest.mark.skipif(
+    Path("/dev/video0").exists(), reason="this machine has a camera: the demo is for machines without"
+)
+def test_without_camera_or_display_the_demo_clip_is_scanned():
+    result = run_webcam(env=without_display(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("webcam:")]
+    assert "no camera at index 0" in notes[0] and "demo clip" in notes[0]
+    assert "no display" in notes[1] and "scanning the demo clip" in notes[1]
+    report = json.loads(result.stdout)
+    assert report["path"].endswith("assets/demo.mp4") and report["tracks"]
+    # A real photographed face: the demo must not raise a false alarm.
+    assert report["verdict"] in ("REAL", "UNCERTAIN")
+
+
+@needs_xvfb
+@pytest.mark.skipif(
+    Path("/dev/video0").exists(), reason="this machine has a camera: the demo is for machines without"
+)
+def test_without_camera_the_window_plays_the_demo_clip():
+    display = VirtualDisplay()
+    try:
+        result = run_webcam("--max-seconds", "6", env=display.env(), timeout=120)
+    finally:
+        display.close()
+    assert result.returncode == 0, result.stderr
+    assert "showing the demo clip" in result.stderr
+    summary = [line for line in result.stderr.splitlines() if line.startswith("webcam: time limit:")]
+    assert summary and int(summary[0].split(": ")[2].split()[0]) > 20  # frames shown

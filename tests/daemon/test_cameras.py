@@ -166,6 +166,10 @@ def test_the_slot_keeps_only_the_newest_frame_and_counts_the_rest():
         assert status.capture_fps > 0
     finally:
         camera.close()
+    # The counters add up (CameraStatus): every decoded frame was skipped, dropped, taken, or waits.
+    final = camera.status()
+    waiting = final.frames_decoded - final.frames_skipped - final.dropped_frames - final.frames_taken
+    assert waiting in (0, 1) and final.dropped_frames <= final.frames_decoded
 
 
 def test_a_shared_stop_event_stops_the_camera():

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_detector import cli
 from stream_detector.daemon.config import ReconnectConfig, display_url, load_config, mask, parse_config
 from stream_detector.errors import ConfigError
 
@@ -164,6 +165,27 @@ BAD_CONFIGS = [
         "engine.detector_range: must be one of",
     ),
     (
+        "model folder missing",
+        "[engine]\nmodel_dir = '/no/such/models'\n" + CAMERA,
+        "engine.model_dir: no such folder",
+    ),
+    ("not a host", "[http]\nhost = 'not a host'\n" + CAMERA, "http.host: is not an IP address or host name"),
+    (
+        "unclosed variable",
+        "[cameras.door]\nurl = 'rtsp://u:${UNCLOSED@h/x'\n",
+        "cameras.door.url: '${' without a closing",
+    ),
+    (
+        "names that differ only in case",
+        CAMERA + "[cameras.Door]\nurl = 'rtsp://127.0.0.1:8554/other'\n",
+        "cameras.Door: collides with cameras.door",
+    ),
+    (
+        "unknown smoothing key",
+        "[engine.smoothing]\nenter = 0.5\n" + CAMERA,
+        "engine.smoothing.enter: unknown key (expected one of: fake_enter,",
+    ),
+    (
         "unknown reconnect key",
         CAMERA + "reconnect = { stall = 3 }\n",
         "cameras.door.reconnect.stall: unknown key",
@@ -268,3 +290,25 @@ url = "https://alerts.example.com/hook#${HOOK}"
 def test_an_empty_model_dir_means_the_default_search_path():
     config = parse_config("[engine]\nmodel_dir = ''\n[cameras.door]\nurl = 'rtsp://h/x'\n", environment={})
     assert config.engine.model_dir is None
+
+
+def test_an_events_folder_that_cannot_be_created_is_refused(tmp_path):
+    (tmp_path / "plain-file").write_text("not a folder")
+    text = f"[events]\ndirectory = '{tmp_path / 'plain-file' / 'events'}'\n" + CAMERA
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environment={})
+    assert str(caught.value).startswith("events.directory: cannot create") and "is a file" in str(
+        caught.value
+    )
+
+
+def test_the_same_stream_twice_is_a_warning_that_check_shows(tmp_path, capsys):
+    path = tmp_path / "daemon.toml"
+    path.write_text(CAMERA + "[cameras.porch]\nurl = 'rtsp://127.0.0.1:8554/door'\n")
+    config = parse_config(path.read_text(), environment={})
+    assert config.warnings == (
+        "cameras.porch: the same URL as cameras.door (rtsp://127.0.0.1:8554/door): the stream is opened and judged twice",
+    )
+    assert cli.main(["daemon", "--config", str(path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("warning: cameras.porch: the same URL as cameras.door")

@@ -270,11 +270,9 @@ def test_an_unwritable_event_directory_is_a_one_line_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     text = stub_config(tmp_path, cameras=("door",)).replace(str(tmp_path / "out"), str(blocker / "out"))
-    daemon = Daemon(
-        parse_config(text, environment={"CAM_PASSWORD": PASSWORD}), StubEngine(), opener_factory=stub_openers
-    )
-    with pytest.raises(ConfigError, match=r"^events.directory: cannot create .*file/out"):
-        daemon.run(threading.Event())
+    # Refused when the config is read (so by --check too), not after the cameras have started.
+    with pytest.raises(ConfigError, match=r"^events.directory: cannot create .*file/out: .*is a file"):
+        parse_config(text, environment={"CAM_PASSWORD": PASSWORD})
 
 
 def test_a_hung_webhook_never_slows_detection_and_stop_stays_bounded(tmp_path):
