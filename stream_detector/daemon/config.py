@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from stream_detector.daemon.events import EventPolicy, WebhookPolicy
+from stream_detector.daemon.mqtt import MqttConfig, MqttSettings
 from stream_detector.errors import ConfigError
 from stream_detector.pipeline.engine import EngineSettings
 from stream_detector.pipeline.smoothing import SmootherSettings
@@ -131,6 +132,7 @@ class DaemonConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     log_format: str = DaemonSection.log_format
     max_batch_frames: int = DaemonSection.max_batch_frames
+    mqtt: MqttConfig | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
     source_path: Path | None = None
     # Things that are allowed but probably not meant (the same stream twice): shown by --check, logged.
@@ -428,6 +430,29 @@ def _webhook(table: _Table, loader: _Loader) -> WebhookConfig | None:
     return webhook
 
 
+def _mqtt(table: _Table, loader: _Loader) -> MqttConfig | None:
+    if not table.data:
+        table.finish()
+        return None
+    host = table.string("host", None, required=True) or ""
+    if not _is_host(host):
+        raise table.error("host", f"is not an IP address or host name: {host!r}")
+    username = table.string("username", None) or None
+    password = table.string("password", None) or None
+    if password:
+        loader.secrets.append(password)  # masked wherever it could appear, written literally or not
+    if password and not username:
+        raise table.error("password", "needs a username")
+    values = read_declared(table, MqttSettings)
+    if values["ca_file"] is not None and not Path(values["ca_file"]).is_file():
+        raise table.error("ca_file", f"no such file: {values['ca_file']}")
+    prefix = values["topic_prefix"]
+    if not prefix or any(character in prefix for character in "#+ ") or prefix.startswith("/"):
+        raise table.error("topic_prefix", f"must be a topic without wildcards or spaces, not {prefix!r}")
+    table.finish()
+    return MqttConfig(host=host, username=username, password=password, **values)
+
+
 def _engine(table: _Table) -> EngineSettings:
     smoothing_table = table.table("smoothing")
     try:
@@ -485,6 +510,7 @@ def parse_config(
     events_table.finish()
 
     webhook = _webhook(root.table("webhook"), loader)
+    mqtt = _mqtt(root.table("mqtt"), loader)
 
     reconnect_defaults = _reconnect(root.table("reconnect"), ReconnectConfig())
 
@@ -528,6 +554,7 @@ def parse_config(
         cameras=tuple(cameras),
         events=events,
         webhook=webhook,
+        mqtt=mqtt,
         http=http,
         log_format=section.log_format,
         max_batch_frames=section.max_batch_frames,
@@ -568,6 +595,12 @@ def schema() -> dict[str, dict[str, tuple[Any, Setting | None]]]:
         "engine.tracking": declared(TrackerSettings),
         "events": declared(EventsConfig),
         "webhook": {"url": (None, None), **declared(WebhookPolicy), "headers": ({}, None)},
+        "mqtt": {
+            "host": (None, None),
+            "username": (None, None),
+            "password": (None, None),
+            **declared(MqttSettings),
+        },
         "reconnect": declared(ReconnectConfig),
         "cameras.NAME": {"url": (None, None), **declared(CameraConfig)},
         "cameras.NAME.reconnect": {key: ("[reconnect]'s", None) for key in declared(ReconnectConfig)},
@@ -579,6 +612,9 @@ def reference_table() -> str:
     hand_written = {
         ("webhook", "url"): "required: http(s) URL each event is POSTed to (`${ENV}` allowed, masked)",
         ("webhook", "headers"): "table of extra HTTP headers (`${ENV}` allowed, masked)",
+        ("mqtt", "host"): "required: the broker's address; events, availability and state go there",
+        ("mqtt", "username"): "broker user name",
+        ("mqtt", "password"): "broker password (`${ENV}` allowed; masked everywhere)",
         ("cameras.NAME", "url"): "required: rtsp(s)://, rtmp:// or http(s):// URL (`${ENV}` allowed, masked)",
     }
     rows = ["| table | key | default | allowed | meaning |", "|---|---|---|---|---|"]

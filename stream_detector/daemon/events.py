@@ -472,10 +472,13 @@ class EventSinks:
         log_file: JsonlEventLog,
         snapshots: SnapshotWriter | None = None,
         webhook: WebhookSender | None = None,
+        mqtt=None,
     ) -> None:
+        """``mqtt``: a daemon.mqtt.MqttPublisher (its ``event`` queues and returns)."""
         self.log_file = log_file
         self.snapshots = snapshots
         self.webhook = webhook
+        self.mqtt = mqtt
 
     def emit(self, event: Event, image_bgr: np.ndarray | None, **extra: object) -> dict[str, object]:
         if self.snapshots is not None and image_bgr is not None and event.kind in ("start", "update"):
@@ -491,8 +494,12 @@ class EventSinks:
         self.log_file.write(record)
         if self.webhook is not None:
             self.webhook.submit(record)
+        if self.mqtt is not None:
+            self.mqtt.event(record)
         return record
 
     def close(self, drain_timeout_s: float = 2.0) -> None:
         if self.webhook is not None:
             self.webhook.close(drain_timeout_s)
+        if self.mqtt is not None:
+            self.mqtt.close(drain_timeout_s)

@@ -123,6 +123,15 @@ METRICS = (
     ),
     ("webhook_queue", Gauge, "stream_detector_webhook_queue", "Events waiting for the webhook", ()),
     (
+        "mqtt",
+        Counter,
+        "stream_detector_mqtt_messages",
+        "MQTT messages: published, dropped (the queue was full while the broker was away)",
+        ("result",),
+    ),
+    ("mqtt_connected", Gauge, "stream_detector_mqtt_connected", "1 while connected to the MQTT broker", ()),
+    ("mqtt_queue", Gauge, "stream_detector_mqtt_queue", "MQTT messages waiting for the broker", ()),
+    (
         "errors",
         Counter,
         "stream_detector_processing_errors",

@@ -65,6 +65,9 @@ WEBHOOK_DRAIN_S = 2.0
 OUTAGE_CHECK_S = 1.0
 
 
+# A camera's MQTT state is its most serious face's.
+STATE_ORDER = ("FAKE", "UNCERTAIN", "REAL")
+
 # glibc mallopt parameters (malloc.h).
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
@@ -177,6 +180,7 @@ class _CameraRun:
     lag_s: float | None = None
     max_track_id: int = -1
     last_result: FrameResult | None = None
+    published_state: tuple[str, int] | None = None
 
 
 class Daemon:
@@ -201,6 +205,7 @@ class Daemon:
         self._opener_factory = opener_factory
         self.config_loader = config_loader
         self.reloads = 0
+        self.mqtt = None
         self._closers: list[threading.Thread] = []
         self.runs: list[_CameraRun] = [
             self._new_run(camera_config) for camera_config in config.cameras if camera_config.enabled
@@ -291,9 +296,11 @@ class Daemon:
             run.camera.start()
             log.info("camera=%s url=%s started (reload)", run.config.name, run.config.display_url)
         self.runs = kept + started
+        if self.mqtt is not None:
+            self.mqtt.cameras_changed(tuple(run.config.name for run in self.runs))
         ignored = [
             section
-            for section in ("engine", "events", "http", "webhook", "log_format")
+            for section in ("engine", "events", "http", "webhook", "mqtt", "log_format")
             if getattr(new, section, None) != getattr(self.config, section, None)
         ]
         if ignored:
@@ -386,7 +393,22 @@ class Daemon:
                 display_url=hook.display_url,
                 on_result=lambda result: self.metrics.webhook.labels(result).inc(),
             )
-        self.sinks = EventSinks(log_file, snapshots, webhook)
+        self.mqtt = None
+        if config.mqtt is not None:
+            from stream_detector.daemon.mqtt import MqttPublisher
+
+            self.mqtt = MqttPublisher(
+                config.mqtt,
+                tuple(run.config.name for run in self.runs),
+                on_count=lambda result: self.metrics.mqtt.labels(result).inc(),
+            ).start()
+            log.info(
+                "mqtt broker %s:%d topic_prefix=%s",
+                config.mqtt.host,
+                config.mqtt.port,
+                config.mqtt.topic_prefix,
+            )
+        self.sinks = EventSinks(log_file, snapshots, webhook, self.mqtt)
         for run in self.runs:
             log.info(
                 "camera=%s url=%s process_hz=%g stall_timeout_s=%g",
@@ -497,7 +519,20 @@ class Daemon:
         events = run.events.update(result.verdicts, result.frame.timestamp_ms)
         for event in events:
             self._emit(run, event, result)
+        if self.mqtt is not None:
+            self._publish_state(run, result)
         self.metrics.open_events.labels(name).set(run.events.open_events)
+
+    def _publish_state(self, run: _CameraRun, result: FrameResult) -> None:
+        """The camera's state for MQTT, on change only: the most serious face's state and the count."""
+        assert self.mqtt is not None
+        states = [str(verdict.state) for verdict in result.verdicts]
+        state = next((name for name in STATE_ORDER if name in states), "NO_FACE")
+        if (state, len(states)) == run.published_state:
+            return
+        run.published_state = (state, len(states))
+        highest = max((verdict.p_smoothed for verdict in result.verdicts), default=None)
+        self.mqtt.state(run.config.name, state, len(states), highest)
 
     def _tick_idle_cameras(self, now: float) -> None:
         now_ms = now * 1000.0
@@ -510,8 +545,13 @@ class Daemon:
 
     def _check_outages(self, now: float) -> None:
         assert self.sinks is not None
+        if self.mqtt is not None:
+            self.metrics.mqtt_connected.set(1 if self.mqtt.connected else 0)
+            self.metrics.mqtt_queue.set(self.mqtt.queue_depth)
         for run in self.runs:
             status = run.camera.status()
+            if self.mqtt is not None:
+                self.mqtt.availability(run.config.name, status.connected)
             record = run.outage.update(status.connected, now * 1000.0, status.last_error)
             if record is None:
                 continue
