@@ -93,7 +93,8 @@ class Page:
         """The value of a JavaScript expression (promises are awaited); page exceptions raise CdpError."""
         result = await self.send(
             "Runtime.evaluate",
-            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            # As if clicked: getDisplayMedia() and audio need a user gesture.
+            {"expression": expression, "awaitPromise": True, "returnByValue": True, "userGesture": True},
             timeout=timeout,
         )
         if "exceptionDetails" in result:
@@ -154,8 +155,15 @@ class Chromium:
         fake_video: Path | None = None,
         window: tuple[int, int] = (1280, 1000),
         camera_allowed: bool = True,
+        extra_arguments: Sequence[str] = (),
+        fake_devices: bool = True,
     ) -> None:
+        """``fake_devices``: Chromium's fake camera and permission prompt. Off for tab capture: with
+        them getDisplayMedia() gets a generated picture (or NotReadableError) instead of the tab that
+        ``--auto-select-tab-capture-source-by-title`` names."""
         self.executable = executable
+        self.extra_arguments = list(extra_arguments)
+        self.fake_devices = fake_devices
         self.camera_allowed = camera_allowed
         self.fake_video = fake_video
         self.window = window
@@ -183,11 +191,24 @@ class Chromium:
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
             "--allow-loopback-in-peer-connection",
             "--autoplay-policy=no-user-gesture-required",
-            # The fake permission prompt answers every camera request: allow, or deny.
-            "--use-fake-ui-for-media-stream"
-            if self.camera_allowed
-            else "--use-fake-ui-for-media-stream=deny",
-            "--use-fake-device-for-media-stream",
+            # With fake devices, the fake permission prompt answers every camera request: allow, or
+            # deny. Tab capture needs neither (and fails with the fake prompt: NotReadableError).
+            *(
+                [
+                    "--use-fake-ui-for-media-stream"
+                    if self.camera_allowed
+                    else "--use-fake-ui-for-media-stream=deny",
+                    *(
+                        []  # the caller's own (e.g. =device-count=2): Chromium reads the first one only
+                        if any(
+                            a.startswith("--use-fake-device-for-media-stream") for a in self.extra_arguments
+                        )
+                        else ["--use-fake-device-for-media-stream"]
+                    ),
+                ]
+                if self.fake_devices
+                else []
+            ),
             f"--window-size={self.window[0]},{self.window[1]}",
             f"--user-data-dir={self.profile}",
             "--remote-debugging-address=127.0.0.1",
@@ -195,6 +216,7 @@ class Chromium:
         ]
         if self.fake_video is not None:
             arguments.append(f"--use-file-for-fake-video-capture={self.fake_video}")
+        arguments += self.extra_arguments
         arguments.append("about:blank")
         return arguments
 
@@ -242,9 +264,21 @@ class Chromium:
 
 @contextlib.asynccontextmanager
 async def chromium(
-    executable: str, fake_video: Path | None = None, camera_allowed: bool = True
+    executable: str,
+    fake_video: Path | None = None,
+    camera_allowed: bool = True,
+    extra_arguments: Sequence[str] = (),
+    fake_devices: bool = True,
 ) -> AsyncIterator[Chromium]:
-    browser = Chromium(executable, fake_video, camera_allowed=camera_allowed)
+    """``extra_arguments``: e.g. ``--auto-select-tab-capture-source-by-title=TITLE`` (with
+    ``--disable-popup-blocking``), which makes getDisplayMedia() pick that tab without a prompt."""
+    browser = Chromium(
+        executable,
+        fake_video,
+        camera_allowed=camera_allowed,
+        extra_arguments=extra_arguments,
+        fake_devices=fake_devices,
+    )
     try:
         await browser.start()
         yield browser

@@ -119,3 +119,21 @@ def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 30.
         writer.write(frame)
     writer.release()
     return path
+
+
+def write_webm(path: str | Path, frames: Sequence[np.ndarray], fps: int = 15) -> Path:
+    """Frames as a VP8 WebM (PyAV's libvpx): what a browser's <video> plays without licensed codecs."""
+    import av
+
+    path = Path(path)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = 3_000_000
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

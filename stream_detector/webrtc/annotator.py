@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
 
 from stream_detector.pipeline.engine import Engine
 from stream_detector.pipeline.meters import PerformanceMeter, monotonic_ms
 from stream_detector.pipeline.overlay import draw
 from stream_detector.pipeline.types import Frame
 from stream_detector.webrtc.worker import Annotated
+
+THUMBNAIL_PX = 64
+THUMBNAIL_EVERY_MS = 1000.0  # at most once a second per face: a few kB/s per face on the channel
+THUMBNAIL_MARGIN = 0.25
+
+
+def thumbnail(image: np.ndarray, box: Sequence[float], size: int = THUMBNAIL_PX) -> str:
+    """A small JPEG of the face (with some context) as a data URL: which participant this row is."""
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = box
+    margin = THUMBNAIL_MARGIN * max(x2 - x1, y2 - y1)
+    left, top = max(0, int(x1 - margin)), max(0, int(y1 - margin))
+    right, bottom = min(width, int(x2 + margin)), min(height, int(y2 + margin))
+    if right <= left or bottom <= top:
+        return ""
+    crop = cv2.resize(image[top:bottom, left:right], (size, size), interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
+
+
+class ThumbnailSchedule:
+    """Which faces get a new thumbnail now: each at most every ``every_ms``. Pure (times are
+    arguments); one per source."""
+
+    def __init__(self, every_ms: float = THUMBNAIL_EVERY_MS) -> None:
+        self.every_ms = every_ms
+        self._last: dict[int, float] = {}
+
+    def due(self, face_id: int, now_ms: float) -> bool:
+        last = self._last.get(face_id)
+        if last is not None and now_ms - last < self.every_ms:
+            return False
+        self._last[face_id] = now_ms
+        return True
 
 
 class EngineAnnotator:
@@ -19,6 +57,9 @@ class EngineAnnotator:
         self._engine = engine
         self._clock = clock
         self._meters: dict[str, PerformanceMeter] = {}
+        self._thumbnails: dict[str, ThumbnailSchedule] = {}
+        # Faces smaller than this stay UNCERTAIN (the engine does not judge them): the page says so.
+        self.smallest_judged_px = int(engine.settings.min_verdict_face_size)
 
     def annotate(self, frames: Sequence[Frame], dropped: Sequence[int]) -> list[Annotated]:
         results = self._engine.process_batch(frames)
@@ -30,13 +71,23 @@ class EngineAnnotator:
             now = self._clock()
             meter.record(now - frame.timestamp_ms, now)
             stats = meter.stats(dropped_frames=dropped_frames, backend=self._engine.backend)
+            schedule = self._thumbnails.setdefault(frame.source_id, ThumbnailSchedule())
+            extras: dict[int, dict[str, object]] = {}
+            for verdict in result.verdicts:
+                x1, y1, x2, y2 = verdict.box
+                extra: dict[str, object] = {"too_small": min(x2 - x1, y2 - y1) < self.smallest_judged_px}
+                # Cut before the overlay is drawn on the frame: the thumbnail shows the face itself.
+                if schedule.due(verdict.id, now):
+                    extra["thumbnail"] = thumbnail(frame.image, verdict.box)
+                extras[verdict.id] = extra
             # The frame's image was decoded for this call alone, so drawing in place is safe.
             image = draw(frame.image, result.verdicts, stats, copy=False)
-            annotated.append(Annotated(image, result.verdicts, result.timings_ms))
+            annotated.append(Annotated(image, result.verdicts, result.timings_ms, extras))
         return annotated
 
     def forget(self, source_id: str) -> None:
         self._meters.pop(source_id, None)
+        self._thumbnails.pop(source_id, None)
         self._engine.close_source(source_id)
 
     def close(self) -> None:

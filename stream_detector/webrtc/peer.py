@@ -20,7 +20,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCPeerCo
 from aiortc.mediastreams import MediaStreamError
 
 from stream_detector.pipeline.meters import RateMeter, monotonic_ms
-from stream_detector.webrtc.signalling import VERDICT_CHANNEL_LABEL, verdict_message
+from stream_detector.webrtc.call import CallSummary
+from stream_detector.webrtc.signalling import VERDICT_CHANNEL_LABEL, parse_control, verdict_message
 from stream_detector.webrtc.worker import FrameWorker, Processed
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class PeerSession:
         self.frames_received = 0
         self.frames_returned = 0
         self.messages_sent = 0
+        # What the page says it sends (a control message on the channel), and the call's verdict.
+        self.source_kind = "camera"
+        self.call = CallSummary()
         self._worker = worker
         self._on_closed = on_closed
         self._connect_timeout_s = connect_timeout_s
@@ -123,6 +127,13 @@ class PeerSession:
             self.channel = channel
             # A browser's pc.close() closes the channel at once; ICE would notice only much later.
             channel.on("close", self._on_channel_closed)
+            channel.on("message", self._on_control)
+
+    def _on_control(self, message: object) -> None:
+        kind = parse_control(message) if isinstance(message, str) else None
+        if kind is not None and kind != self.source_kind:
+            log.info("peer %s: source %s", self.peer_id, kind)
+            self.source_kind = kind
 
     def _on_channel_closed(self) -> None:
         if not self.closed:
@@ -182,6 +193,7 @@ class PeerSession:
         self.returned.put(processed.video_frame)
         self.frames_returned += 1
         fps = self._rate.tick(processed.done_ms)
+        self.call.update(processed.verdicts, processed.received_ms)
         channel = self.channel
         if channel is None or channel.readyState != "open":
             return
@@ -196,6 +208,10 @@ class PeerSession:
                 fps=fps,
                 latency_ms=processed.done_ms - processed.received_ms,
                 dropped=processed.dropped,
+                extras=processed.extras,
+                source=self.source_kind,
+                call=self.call.to_json(processed.received_ms),
+                smallest_judged_px=self._worker.smallest_judged_px,
             )
         )
         self.messages_sent += 1

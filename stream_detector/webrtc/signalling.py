@@ -7,8 +7,17 @@ Offer (request and answer), as in aiortc's examples::
 One DataChannel message (JSON text) per processed frame::
 
     {"type": "verdicts", "frame": 42, "width": 640, "height": 480,
-     "faces": [{"id": 1, "box": [x1, y1, x2, y2], "state": "REAL", "p_smoothed": 0.07}],
-     "fps": 29.8, "latency_ms": 21.4, "dropped": 3}
+     "faces": [{"id": 1, "box": [x1, y1, x2, y2], "state": "REAL", "p_smoothed": 0.07,
+                "too_small": false, "thumbnail": "data:image/jpeg;base64,..."}],
+     "fps": 29.8, "latency_ms": 21.4, "dropped": 3, "source": "screen",
+     "call": {"verdict": "REAL", "headline": "no sign of a deepfake so far", "faces": 1,
+              "fake_faces": 0, "checked_s": 12.5},
+     "smallest_judged_px": 48}
+
+``thumbnail`` (a 64 px JPEG of the face) comes at most once a second per face; ``too_small`` marks a
+face below ``smallest_judged_px`` (it stays UNCERTAIN: not judged); ``source`` is what the page said it
+sends (``camera``, ``screen`` or ``file``, by a ``{"type": "source", "kind": ...}`` message on the
+channel; ``camera`` until then); ``call`` is the verdict for the whole call, by scan's file rule.
 
 ``box`` is in pixels of the frame the server received (``width`` x ``height``); ``p_smoothed`` is the
 smoothed p(fake) behind ``state``; ``latency_ms`` is the server's time from receiving the frame to
@@ -18,7 +27,7 @@ handing back the annotated one; ``dropped`` counts frames skipped so far because
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from stream_detector.errors import StreamDetectorError
@@ -70,13 +79,19 @@ def parse_offer(body: bytes) -> SessionDescription:
     return SessionDescription(sdp=sdp, type=kind)
 
 
-def face_entry(verdict: Verdict) -> dict[str, object]:
-    return {
+SOURCE_KINDS = ("camera", "screen", "file")
+
+
+def face_entry(verdict: Verdict, extra: Mapping[str, object] | None = None) -> dict[str, object]:
+    entry: dict[str, object] = {
         "id": int(verdict.id),
         "box": [round(float(value), 1) for value in verdict.box],
         "state": str(verdict.state),
         "p_smoothed": round(float(verdict.p_smoothed), 4),
     }
+    if extra:
+        entry.update(extra)
+    return entry
 
 
 def verdict_message(
@@ -88,17 +103,36 @@ def verdict_message(
     fps: float,
     latency_ms: float,
     dropped: int,
+    extras: Mapping[int, Mapping[str, object]] | None = None,
+    source: str = "camera",
+    call: Mapping[str, object] | None = None,
+    smallest_judged_px: int | None = None,
 ) -> str:
-    return json.dumps(
-        {
-            "type": "verdicts",
-            "frame": frame_index,
-            "width": width,
-            "height": height,
-            "faces": [face_entry(verdict) for verdict in verdicts],
-            "fps": round(fps, 2),
-            "latency_ms": round(latency_ms, 2),
-            "dropped": dropped,
-        },
-        separators=(",", ":"),
-    )
+    message: dict[str, object] = {
+        "type": "verdicts",
+        "frame": frame_index,
+        "width": width,
+        "height": height,
+        "faces": [face_entry(verdict, (extras or {}).get(verdict.id)) for verdict in verdicts],
+        "fps": round(fps, 2),
+        "latency_ms": round(latency_ms, 2),
+        "dropped": dropped,
+        "source": source,
+    }
+    if call is not None:
+        message["call"] = dict(call)
+    if smallest_judged_px is not None:
+        message["smallest_judged_px"] = smallest_judged_px
+    return json.dumps(message, separators=(",", ":"))
+
+
+def parse_control(text: str) -> str | None:
+    """The source kind in a page's control message ``{"type": "source", "kind": "screen"}``, or None
+    for anything else (ignored: the channel is the page's, not an API)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(data, dict) and data.get("type") == "source" and data.get("kind") in SOURCE_KINDS:
+        return str(data["kind"])
+    return None

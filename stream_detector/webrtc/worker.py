@@ -32,6 +32,8 @@ class Annotated:
     image: np.ndarray
     verdicts: Sequence[Verdict]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
+    # Per face id, what the verdict message adds to the face (``thumbnail``, ``too_small``).
+    extras: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
 
 
 class FrameAnnotator(Protocol):
@@ -57,6 +59,7 @@ class Processed:
     received_ms: float
     done_ms: float
     dropped: int
+    extras: Mapping[int, Mapping[str, object]] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +80,8 @@ class FrameWorker:
 
     def __init__(self, annotator: FrameAnnotator, max_batch: int = 8, name: str = "webrtc-engine") -> None:
         self._annotator = annotator
+        # Faces below this size are not judged (stay UNCERTAIN); None when the annotator does not say.
+        self.smallest_judged_px: int | None = getattr(annotator, "smallest_judged_px", None)
         self._max_batch = max(1, max_batch)
         self._sources: dict[str, _Source] = {}
         self._waiting: dict[str, _Waiting] = {}
@@ -205,6 +210,7 @@ class FrameWorker:
                 received_ms=waiting.received_ms,
                 done_ms=done_ms,
                 dropped=source.dropped,
+                extras=result.extras,
             )
             source.processed += 1
             try:
