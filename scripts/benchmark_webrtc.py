@@ -9,6 +9,11 @@ loopback. The senders receive like a browser does (a frame is complete at its RT
 ``--stock-receiver`` uses aiortc's own buffer, which waits for the next frame's first packet).
 
     .venv/bin/python scripts/benchmark_webrtc.py [--peers 1 4] [--seconds 10] [--json out.json]
+    .venv/bin/python scripts/benchmark_webrtc.py --gallery 1 4 9   # a shared 1920x1080 call at 15 fps
+
+``--gallery N``: one peer sends what a shared call window looks like: 1920x1080 at 15 fps, a grid of
+N tiles (1, 2x2, 3x3) with a face in each; besides fps and latency it reports each face's
+classification rate (from the messages' ``classified``) and the smallest face box judged.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from stream_detector.webrtc.latency import marker_frame_assembly  # noqa: E402
 from tools.webrtc_client import StampedTrack, frame_stamp, read_frames, start_call  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
+SCREEN_WIDTH, SCREEN_HEIGHT, SCREEN_FPS = 1920, 1080, 15
 
 
 @dataclass
@@ -64,6 +70,11 @@ class RunFigures:
     latency_p95_ms: float
     server_latency_p50_ms: float
     per_peer: list[PeerFigures]
+    gallery_faces: int = 0
+    faces_seen_p50: float = 0.0
+    classified_hz_per_face_min: float = 0.0
+    classified_hz_per_face_mean: float = 0.0
+    smallest_face_judged_px: float | None = None
 
 
 def face_frames(count: int, phase: float) -> list[np.ndarray]:
@@ -80,6 +91,29 @@ def face_frames(count: int, phase: float) -> list[np.ndarray]:
         column = np.linspace(70, 130, HEIGHT, dtype=np.float32).astype(np.uint8)
         frame = np.repeat(np.repeat(column[:, None], WIDTH, axis=1)[:, :, None], 3, axis=2).copy()
         frame[y : y + 240, x : x + 240] = head
+        frames.append(frame)
+    return frames
+
+
+def gallery_frames(faces: int, count: int = 60) -> list[np.ndarray]:
+    """A shared call window: 1920x1080, a grid of ``faces`` tiles (1, 4 = 2x2, 9 = 3x3), a face in each."""
+    import skimage.data
+
+    photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+    head = photo[0:240, 100:340]
+    side = int(np.ceil(np.sqrt(faces)))
+    tile_width, tile_height = SCREEN_WIDTH // side, SCREEN_HEIGHT // side
+    size = int(0.8 * min(tile_width, tile_height))
+    scaled = cv2.resize(head, (size, size), interpolation=cv2.INTER_AREA)
+    frames = []
+    for index in range(count):
+        frame = np.full((SCREEN_HEIGHT, SCREEN_WIDTH, 3), 40, np.uint8)
+        for tile in range(faces):
+            row, column = divmod(tile, side)
+            sway = int(6 * np.sin(2 * np.pi * (index / count + tile / faces)))
+            x = column * tile_width + (tile_width - size) // 2 + sway
+            y = row * tile_height + (tile_height - size) // 2
+            frame[y : y + size, x : x + size] = scaled
         frames.append(frame)
     return frames
 
@@ -117,12 +151,17 @@ async def wait_for_server(http: aiohttp.ClientSession, base: str, server: subpro
     raise SystemExit("the server did not start within 120 s")
 
 
-async def measure(base: str, server_pid: int, peers: int, seconds: float, warmup: float) -> RunFigures:
+async def measure(
+    base: str, server_pid: int, peers: int, seconds: float, warmup: float, gallery: int = 0
+) -> RunFigures:
     async with aiohttp.ClientSession() as http:
         tracks, calls = [], []
         for peer in range(peers):
-            frames = face_frames(90, phase=peer / max(peers, 1))
-            track = StampedTrack(lambda index, frames=frames: frames[index % len(frames)], fps=FPS)
+            if gallery:
+                frames, fps = gallery_frames(gallery), SCREEN_FPS
+            else:
+                frames, fps = face_frames(90, phase=peer / max(peers, 1)), FPS
+            track = StampedTrack(lambda index, frames=frames: frames[index % len(frames)], fps=fps)
             tracks.append(track)
             calls.append(await start_call(http, base, track))
         returned_tracks = [await asyncio.wait_for(call.returned, 20) for call in calls]
@@ -189,7 +228,28 @@ async def measure(base: str, server_pid: int, peers: int, seconds: float, warmup
             track.stop()
 
     every_latency = [value for values in latencies for value in values] or [float("nan")]
+    # Per face: how often it was classified, and the smallest box that was judged (not too small).
+    classified: dict[int, int] = {}
+    judged_sides: list[float] = []
+    faces_seen = []
+    for call, start in zip(calls, first_message, strict=True):
+        for message in call.messages[start:]:
+            faces_seen.append(len(message["faces"]))
+            for face in message["faces"]:
+                if face.get("classified"):
+                    classified[face["id"]] = classified.get(face["id"], 0) + 1
+                if not face.get("too_small", False):
+                    x1, y1, x2, y2 = face["box"]
+                    judged_sides.append(min(x2 - x1, y2 - y1))
+    # The faces that were there the whole time (the gallery's tiles), by how often each was seen.
+    steady = sorted(classified.values(), reverse=True)[: gallery or len(classified)]
+    rates = [count / elapsed for count in steady] or [0.0]
     return RunFigures(
+        gallery_faces=gallery,
+        faces_seen_p50=float(np.percentile(faces_seen, 50)) if faces_seen else 0.0,
+        classified_hz_per_face_min=min(rates),
+        classified_hz_per_face_mean=statistics.fmean(rates),
+        smallest_face_judged_px=min(judged_sides) if judged_sides else None,
         peers=peers,
         seconds=elapsed,
         server_cpu_cores=server_cpu,
@@ -216,6 +276,9 @@ async def benchmark(arguments: argparse.Namespace) -> list[RunFigures]:
         str(port),
         "--max-peers",
         str(max(arguments.peers)),
+        # Measuring from one address: the offer rate limit is not what is measured.
+        "--offers-per-minute",
+        "600",
         "--backend",
         arguments.backend,
         "--classify-hz",
@@ -228,7 +291,22 @@ async def benchmark(arguments: argparse.Namespace) -> list[RunFigures]:
             async with aiohttp.ClientSession() as http:
                 await wait_for_server(http, base, server)
             results = []
-            for peers in arguments.peers:
+            for faces in arguments.gallery or []:
+                figures = await measure(
+                    base, server.pid, 1, arguments.seconds, arguments.warmup, gallery=faces
+                )
+                results.append(figures)
+                print(
+                    f"shared 1920x1080@15 with {faces} face(s): {figures.fps_per_peer:5.1f} fps returned, "
+                    f"{figures.faces_seen_p50:.0f} faces found, each classified at >= "
+                    f"{figures.classified_hz_per_face_min:4.1f} Hz (mean {figures.classified_hz_per_face_mean:4.1f}), "
+                    f"added latency p50 {figures.latency_p50_ms:5.1f} ms p95 {figures.latency_p95_ms:5.1f} ms, "
+                    f"smallest face judged {figures.smallest_face_judged_px or 0:.0f} px; server CPU "
+                    f"{figures.server_cpu_cores:.2f} cores of {os.cpu_count()}",
+                    flush=True,
+                )
+                await asyncio.sleep(2)
+            for peers in [] if arguments.gallery else arguments.peers:
                 figures = await measure(base, server.pid, peers, arguments.seconds, arguments.warmup)
                 results.append(figures)
                 print(
@@ -263,12 +341,21 @@ def main() -> int:
     parser.add_argument(
         "--stock-receiver", action="store_true", help="aiortc's own receive buffer at the senders"
     )
+    parser.add_argument(
+        "--gallery",
+        type=int,
+        nargs="+",
+        choices=(1, 4, 9),
+        help="instead of --peers: one shared 1920x1080 call at 15 fps with this many faces (1 4 9)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     arguments = parser.parse_args()
     results = asyncio.run(benchmark(arguments))
     report = {
         "machine": {"cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
-        "resolution": f"{WIDTH}x{HEIGHT}@{FPS}",
+        "resolution": f"{SCREEN_WIDTH}x{SCREEN_HEIGHT}@{SCREEN_FPS}"
+        if arguments.gallery
+        else f"{WIDTH}x{HEIGHT}@{FPS}",
         "runs": [asdict(figures) for figures in results],
     }
     if arguments.json:

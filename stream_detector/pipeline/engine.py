@@ -66,6 +66,12 @@ class EngineSettings:
     min_face_size: int = setting(
         24, "px; the detector drops smaller boxes altogether", minimum=1, maximum=4096
     )
+    tile_above_px: int = setting(
+        1600,
+        "px; wider frames (a shared call gallery) are also searched in overlapping tiles; 0 = never",
+        minimum=0,
+        maximum=16384,
+    )
     min_verdict_face_size: int = setting(
         48, "px; smaller faces are tracked and shown but stay UNCERTAIN", minimum=1, maximum=4096
     )
@@ -376,20 +382,31 @@ def build_engine(
     or, with ``shared_detectors`` (many sources: the daemon), a pool of ``settings.threads`` IMAGE-mode
     detectors that every source borrows from (faces.DetectorPool)."""
     from stream_detector.pipeline.classifier import load_classifier
-    from stream_detector.pipeline.faces import DetectorPool, MediaPipeFaceDetector, detector_model_path
+    from stream_detector.pipeline.faces import (
+        DetectorPool,
+        MediaPipeFaceDetector,
+        TiledFaceDetector,
+        detector_model_path,
+    )
 
     settings = settings or EngineSettings()
     # Fail now, not on the first frame, if the detector model is missing.
     detector_model_path(settings.detector_range)  # type: ignore[arg-type]
     classifier = load_classifier(settings.backend, settings.model_dir, threads=settings.threads)
 
-    def make_detector(video_mode: bool) -> FaceDetector:
+    def make_plain_detector(video_mode: bool) -> FaceDetector:
         return MediaPipeFaceDetector(
             model_range=settings.detector_range,  # type: ignore[arg-type]
             min_confidence=settings.min_detection_confidence,
             min_face_size=settings.min_face_size,
             video=video_mode,
         )
+
+    def make_detector(video_mode: bool) -> FaceDetector:
+        detector = make_plain_detector(video_mode)
+        if settings.tile_above_px <= 0:
+            return detector
+        return TiledFaceDetector(detector, lambda: make_plain_detector(False), settings.tile_above_px)
 
     if shared_detectors:
         pool = DetectorPool(lambda: make_detector(False), size=max(1, settings.threads))

@@ -219,3 +219,93 @@ class PooledDetector:
 
     def close(self) -> None:
         """Nothing of the source's own to release; the pool closes with its engine."""
+
+
+def tile_windows(
+    width: int, height: int, tile_above_px: int, overlap: float = 0.2
+) -> list[tuple[int, int, int, int]]:
+    """The overlapping windows (x1, y1, x2, y2) a large frame is also searched in: a 2x2 grid, 3x3
+    from twice ``tile_above_px``; none for a frame no wider than ``tile_above_px``."""
+    if tile_above_px <= 0 or width <= tile_above_px:
+        return []
+    side = 3 if width > 2 * tile_above_px else 2
+    tile_width, tile_height = width / side, height / side
+    pad_x, pad_y = overlap * tile_width, overlap * tile_height
+    windows = []
+    for row in range(side):
+        for column in range(side):
+            x1 = max(0, int(column * tile_width - pad_x))
+            y1 = max(0, int(row * tile_height - pad_y))
+            x2 = min(width, int((column + 1) * tile_width + pad_x))
+            y2 = min(height, int((row + 1) * tile_height + pad_y))
+            windows.append((x1, y1, x2, y2))
+    return windows
+
+
+def merge_detections(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.4) -> Faces:
+    """Non-maximum suppression: of boxes that overlap by more than ``iou_threshold`` (or one holding
+    most of the other: a face cut by a tile edge), the best-scored stays."""
+    if len(boxes) == 0:
+        return Faces.empty()
+    order = np.argsort(-scores)
+    kept: list[int] = []
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for index in order:
+        box = boxes[index]
+        duplicate = False
+        for other in kept:
+            ix1, iy1 = max(box[0], boxes[other][0]), max(box[1], boxes[other][1])
+            ix2, iy2 = min(box[2], boxes[other][2]), min(box[3], boxes[other][3])
+            inter = max(0.0, ix2 - ix1) * max(0.0, iy2 - iy1)
+            union = areas[index] + areas[other] - inter
+            if union > 0 and (inter / union > iou_threshold or inter > 0.7 * min(areas[index], areas[other])):
+                duplicate = True
+                break
+        if not duplicate:
+            kept.append(int(index))
+    kept.sort()
+    return Faces(boxes[kept], scores[kept])
+
+
+class TiledFaceDetector:
+    """A FaceDetector that also searches large frames tile by tile.
+
+    BlazeFace sees the whole frame at 128-192 px: in a shared 1080p call gallery a tile's face is then
+    ~15 px and often missed (one of four in a plain 2x2 grid). Frames wider than ``tile_above_px`` are
+    searched whole and in overlapping windows (tile_windows), each window by an IMAGE-mode detector, and
+    the boxes merged (merge_detections). Smaller frames go to ``inner`` alone, unchanged.
+    """
+
+    def __init__(self, inner, tile_detector_factory: Callable[[], FaceDetector], tile_above_px: int) -> None:
+        self._inner = inner
+        self._tile_factory = tile_detector_factory
+        self._tiles: FaceDetector | None = None  # made on the first large frame: 720p never pays for it
+        self.tile_above_px = tile_above_px
+
+    def detect(self, frame: Frame) -> Faces:
+        whole = self._inner.detect(frame)
+        height, width = frame.image.shape[:2]
+        windows = tile_windows(width, height, self.tile_above_px)
+        if not windows:
+            return whole
+        if self._tiles is None:
+            self._tiles = self._tile_factory()
+        boxes, scores = [whole.boxes], [whole.scores]
+        for x1, y1, x2, y2 in windows:
+            tile = Frame(
+                np.ascontiguousarray(frame.image[y1:y2, x1:x2]),
+                frame.index,
+                frame.timestamp_ms,
+                frame.source_id,
+            )
+            found = self._tiles.detect(tile)
+            if len(found):
+                boxes.append(found.boxes + np.array([x1, y1, x1, y1], np.float32))
+                scores.append(found.scores)
+        return merge_detections(np.concatenate(boxes), np.concatenate(scores))
+
+    def close(self) -> None:
+        for detector in (self._inner, self._tiles):
+            close = getattr(detector, "close", None)
+            if callable(close):
+                close()

@@ -75,7 +75,11 @@ class EngineAnnotator:
             extras: dict[int, dict[str, object]] = {}
             for verdict in result.verdicts:
                 x1, y1, x2, y2 = verdict.box
-                extra: dict[str, object] = {"too_small": min(x2 - x1, y2 - y1) < self.smallest_judged_px}
+                extra: dict[str, object] = {
+                    "too_small": min(x2 - x1, y2 - y1) < self.smallest_judged_px,
+                    # Classified in this frame (faces are classified at --classify-hz, not every frame).
+                    "classified": verdict.id in result.classified_ids,
+                }
                 # Cut before the overlay is drawn on the frame: the thumbnail shows the face itself.
                 if schedule.due(verdict.id, now):
                     extra["thumbnail"] = thumbnail(frame.image, verdict.box)

@@ -8,13 +8,14 @@ One DataChannel message (JSON text) per processed frame::
 
     {"type": "verdicts", "frame": 42, "width": 640, "height": 480,
      "faces": [{"id": 1, "box": [x1, y1, x2, y2], "state": "REAL", "p_smoothed": 0.07,
-                "too_small": false, "thumbnail": "data:image/jpeg;base64,..."}],
+                "too_small": false, "classified": true, "thumbnail": "data:image/jpeg;base64,..."}],
      "fps": 29.8, "latency_ms": 21.4, "dropped": 3, "source": "screen",
      "call": {"verdict": "REAL", "headline": "no sign of a deepfake so far", "faces": 1,
               "fake_faces": 0, "checked_s": 12.5},
      "smallest_judged_px": 48}
 
-``thumbnail`` (a 64 px JPEG of the face) comes at most once a second per face; ``too_small`` marks a
+``thumbnail`` (a 64 px JPEG of the face) comes at most once a second per face; ``classified`` says
+the face was scored in this frame (faces are scored at ``--classify-hz``); ``too_small`` marks a
 face below ``smallest_judged_px`` (it stays UNCERTAIN: not judged); ``source`` is what the page said it
 sends (``camera``, ``screen`` or ``file``, by a ``{"type": "source", "kind": ...}`` message on the
 channel; ``camera`` until then); ``call`` is the verdict for the whole call, by scan's file rule.

@@ -179,12 +179,13 @@ def test_browser_call_shows_live_verdicts_states_and_scans(
     assert all(0.0 <= float(p_fake) <= 1.0 for _, p_fake in outcome["panel"])
     assert float(outcome["fps_text"]) > 1.0
     face = outcome["last_message"]["faces"][0]
-    assert {"id", "box", "state", "p_smoothed", "too_small"} <= set(face) <= {
+    assert {"id", "box", "state", "p_smoothed", "too_small", "classified"} <= set(face) <= {
         "id",
         "box",
         "state",
         "p_smoothed",
         "too_small",
+        "classified",
         "thumbnail",
     } and len(face["box"]) == 4
     assert outcome["last_message"]["source"] == "camera" and "call" in outcome["last_message"]
