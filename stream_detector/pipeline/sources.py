@@ -100,6 +100,21 @@ def is_image_file(path: str | Path) -> bool:
     return webp or any(head.startswith(signature) for signature in IMAGE_SIGNATURES)
 
 
+def is_video_file(path: str | Path) -> bool:
+    """By content: an MP4/MOV (ISO boxes), AVI, Matroska/WebM, FLV or MPEG-TS file's first bytes."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+    except OSError:
+        return False
+    if head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI "):
+        return True
+    if head.startswith((b"\x1a\x45\xdf\xa3", b"FLV")):
+        return True
+    # MPEG-TS: a sync byte every 188 bytes.
+    return len(head) >= 3 * 188 and all(head[index] == 0x47 for index in (0, 188, 376))
+
+
 def image_dimensions(path: str | Path) -> tuple[int, int] | None:
     """(width, height) from an image file's header alone, or None when Pillow cannot tell."""
     import warnings

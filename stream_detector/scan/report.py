@@ -181,7 +181,7 @@ def _still_verdict(verdict, track: TrackSummary):
 
 def scan_folder(path: Path, settings) -> dict[str, Any]:
     from stream_detector.pipeline.engine import build_engine
-    from stream_detector.pipeline.sources import ImageFolderSource
+    from stream_detector.pipeline.sources import ImageFolderSource, is_video_file
 
     source = ImageFolderSource(path)
     files = []
@@ -203,6 +203,7 @@ def scan_folder(path: Path, settings) -> dict[str, Any]:
         if entry["verdict"] != NO_FACE
     ]
     verdict, p_fake = file_verdict(images, still=True)
+    videos = [name for name in source.not_images if is_video_file(path / name)]
     for entry in files:
         entry.pop("rule")
     return {
@@ -215,8 +216,13 @@ def scan_folder(path: Path, settings) -> dict[str, Any]:
         "model": backend,
         "files": files,
         "skipped": source.skipped,
-        # Files that are not images (videos among them): listed, for scanning one by one.
+        # Files that are not images: videos are named apart, with why they are not in the verdict.
         "not_images": source.not_images,
+        "videos": videos,
+        "videos_note": "videos are not part of a folder's verdict (it judges still images); scan each "
+        "one: stream-detector scan FILE"
+        if videos
+        else None,
     }
 
 

@@ -201,7 +201,19 @@ def test_folder_of_images(capsys, tmp_path, astronaut_bgr):
     assert report["files"][1]["verdict"] == "NO_FACE" and report["files"][0]["verdict"] != "NO_FACE"
     assert report["verdict"] == report["files"][0]["verdict"]
     assert [Path(name).name for name in report["skipped"]] == ["c_broken.jpg"]
-    assert report["not_images"] == ["d_notes.txt"]
+    assert report["not_images"] == ["d_notes.txt"] and report["videos"] == []
+
+
+def test_a_folder_scan_names_its_videos_and_why_they_are_apart(capsys, tmp_path, astronaut_bgr):
+    cv2.imwrite(str(tmp_path / "a_face.png"), astronaut_bgr)
+    clip = write_video(tmp_path / "clip.mp4", [background(64, 48)] * 3, fps=10.0)
+    (tmp_path / "named-like-a-photo.jpg").write_bytes(clip.read_bytes())  # a video, whatever its name
+    (tmp_path / "notes.txt").write_text("not media")
+    code, out, _ = run_scan(capsys, str(tmp_path))
+    report = json.loads(out)
+    assert code == 0 and [Path(entry["path"]).name for entry in report["files"]] == ["a_face.png"]
+    assert sorted(report["videos"]) == ["clip.mp4", "named-like-a-photo.jpg"]
+    assert "stream-detector scan FILE" in report["videos_note"]
 
 
 def test_bad_inputs_are_one_line_errors_naming_the_input(capsys, tmp_path, monkeypatch):
