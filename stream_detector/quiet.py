@@ -22,7 +22,6 @@ QUIET_ENVIRONMENT = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "GLOG_minloglevel": "2",
     "ABSL_MIN_LOG_LEVEL": "2",
-    "TF_ENABLE_ONEDNN_OPTS": "0",
     "OPENCV_LOG_LEVEL": "ERROR",
     "OPENCV_FFMPEG_LOGLEVEL": "-8",
     "QT_LOGGING_RULES": "*.debug=false;*.info=false;*.warning=false",

@@ -277,6 +277,9 @@ def scan_video(
     )
     try:
         while limit is None or frames < limit:
+            # A stream's reported rate may be wrong (or absent): its watch time is wall-clock time too.
+            if stream and max_seconds is not None and time.monotonic() - started >= max_seconds:
+                break
             try:
                 frame = reader.read()
             except SourceError as error:
