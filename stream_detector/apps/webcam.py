@@ -75,13 +75,9 @@ def check_display() -> None:
             "no display (DISPLAY is not set), so no window can open: run it in a desktop session "
             "(or under Xvfb), or use `stream-detector scan FILE --output annotated.mp4` or `stream-detector serve`"
         )
-    library = ctypes.util.find_library("X11")
-    if library is None:
+    x11 = xlib()
+    if x11 is None:
         return  # Qt may still manage (e.g. its own xcb); nothing to probe with
-    x11 = ctypes.CDLL(library)
-    x11.XOpenDisplay.restype = ctypes.c_void_p
-    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
-    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
     connection = x11.XOpenDisplay(display.encode())
     if not connection:
         raise StreamDetectorError(
@@ -248,6 +244,21 @@ def scan_demo_clip(args: argparse.Namespace, why: str) -> int:
     return 0
 
 
+def xlib():
+    """libX11 through ctypes with the signatures used here, or None where it is not installed."""
+    library = ctypes.util.find_library("X11")
+    if library is None:
+        return None
+    x11 = ctypes.CDLL(library)
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    x11.XConnectionNumber.argtypes = [ctypes.c_void_p]
+    x11.XDefaultScreen.argtypes = [ctypes.c_void_p]
+    x11.XDisplayWidth.argtypes = x11.XDisplayHeight.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    return x11
+
+
 def initial_window_size(width: int, height: int, screen: tuple[int, int] | None = None) -> tuple[int, int]:
     """The picture's size, scaled down (aspect kept) to fit ``screen`` (default 90 % of 1280x720 or
     of the X screen when known); the window stays resizable from there."""
@@ -258,16 +269,10 @@ def initial_window_size(width: int, height: int, screen: tuple[int, int] | None 
 
 def screen_size() -> tuple[int, int] | None:
     """The X screen's size in pixels, or None where it cannot be asked."""
-    library = ctypes.util.find_library("X11")
+    x11 = xlib()
     display = os.environ.get("DISPLAY")
-    if library is None or not display:
+    if x11 is None or not display:
         return None
-    x11 = ctypes.CDLL(library)
-    x11.XOpenDisplay.restype = ctypes.c_void_p
-    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
-    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
-    x11.XDefaultScreen.argtypes = [ctypes.c_void_p]
-    x11.XDisplayWidth.argtypes = x11.XDisplayHeight.argtypes = [ctypes.c_void_p, ctypes.c_int]
     connection = x11.XOpenDisplay(display.encode())
     if not connection:
         return None
@@ -297,14 +302,10 @@ class DisplayLossGuard:
     def __init__(self) -> None:
         self.armed = False
         self._connection = None
-        library = ctypes.util.find_library("X11")
+        self._x11 = xlib()
         display = os.environ.get("DISPLAY")
-        if library is None or not display:
+        if self._x11 is None or not display:
             return
-        self._x11 = ctypes.CDLL(library)
-        self._x11.XOpenDisplay.restype = ctypes.c_void_p
-        self._x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
-        self._x11.XConnectionNumber.argtypes = [ctypes.c_void_p]
         self._connection = self._x11.XOpenDisplay(display.encode())
         if not self._connection:
             return

@@ -233,14 +233,7 @@ class Daemon:
     @property
     def stop_bound_s(self) -> float:
         """How long stopping the cameras may take: a read blocked in FFmpeg ends only at its timeout."""
-        longest = max(
-            (
-                max(run.config.reconnect.open_timeout_s, run.config.reconnect.read_timeout_s)
-                for run in self.runs
-            ),
-            default=0.0,
-        )
-        return max(CAMERA_STOP_S, longest + 1.0)
+        return max((self._camera_stop_bound(run) for run in self.runs), default=CAMERA_STOP_S)
 
     # Reload.
 

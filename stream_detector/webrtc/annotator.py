@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
+from stream_detector.pipeline.crops import crop_square
 from stream_detector.pipeline.engine import Engine
 from stream_detector.pipeline.meters import PerformanceMeter, monotonic_ms
 from stream_detector.pipeline.overlay import draw
@@ -16,19 +17,17 @@ from stream_detector.webrtc.worker import Annotated
 
 THUMBNAIL_PX = 64
 THUMBNAIL_EVERY_MS = 1000.0  # at most once a second per face: a few kB/s per face on the channel
-THUMBNAIL_MARGIN = 0.25
 
 
 def thumbnail(image: np.ndarray, box: Sequence[float], size: int = THUMBNAIL_PX) -> str:
-    """A small JPEG of the face (with some context) as a data URL: which participant this row is."""
+    """A small JPEG of the face as a data URL (which participant this row is): the engine's own crop
+    square (crops.crop_square, the face with some context), empty for a box off the frame."""
     height, width = image.shape[:2]
     x1, y1, x2, y2 = box
-    margin = THUMBNAIL_MARGIN * max(x2 - x1, y2 - y1)
-    left, top = max(0, int(x1 - margin)), max(0, int(y1 - margin))
-    right, bottom = min(width, int(x2 + margin)), min(height, int(y2 + margin))
-    if right <= left or bottom <= top:
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
         return ""
-    crop = cv2.resize(image[top:bottom, left:right], (size, size), interpolation=cv2.INTER_AREA)
+    x, y, side = crop_square(box, image.shape)
+    crop = cv2.resize(image[y : y + side, x : x + side], (size, size), interpolation=cv2.INTER_AREA)
     ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 70])
     return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
 
