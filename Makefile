@@ -7,7 +7,9 @@ setup:
 run: setup
 	.venv/bin/stream-detector webcam $(ARGS)
 
+# The tests cover the cluster mode too: the Ray extra is installed for them.
 test: setup
+	bash scripts/setup.sh --cluster
 	bash scripts/setup_test_system.sh
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .

@@ -12,6 +12,13 @@ per second, faces were classified at >= 90 % of that rate, and the lag (age of t
 frame when its verdicts came out) did not grow (second half's mean <= first half's + 0.25 s) and
 stayed under 2 s. The daemon's CPU use (cores) and RSS are reported too, so the result can be read on a
 box shared with other work: cores per camera says what a dedicated box would sustain.
+
+``--cluster``: each camera count runs twice in the same run, the single-box daemon (the baseline) and the
+same config with ``[cluster] address = "local"`` (Ray in the daemon's process, camera actors, the Serve
+classifier, the sink actor); CPU and RSS then cover the daemon's whole process tree (Ray's GCS, raylet
+and workers), and the table gives the cluster mode's cost per camera against the baseline and the
+classification round trip through Serve. It then measures the Serve classifier alone: crops/s against
+the batch size, from concurrent callers, beside the same model called in-process at that batch size.
 """
 
 from __future__ import annotations
@@ -97,7 +104,9 @@ def free_port() -> int:
     return pick()
 
 
-def daemon_config(directory: Path, url: str, cameras: int, process_hz: float, http_port: int) -> Path:
+def daemon_config(
+    directory: Path, url: str, cameras: int, process_hz: float, http_port: int, cluster: bool = False
+) -> Path:
     lines = [
         "[daemon]",
         'log_format = "json"',
@@ -110,9 +119,18 @@ def daemon_config(directory: Path, url: str, cameras: int, process_hz: float, ht
         "[reconnect]",
         "stall_timeout_s = 10",
     ]
+    if cluster:
+        # Every logical CPU shared by the cameras; the classifier replica asks for none (it is busy
+        # only while the cameras wait for it).
+        lines += [
+            "[cluster]",
+            'address = "local"',
+            f"camera_cpus = {min(1.0, round((os.cpu_count() or 2) / cameras, 3))}",
+            "classifier_cpus = 0",
+        ]
     for index in range(cameras):
         lines += [f"[cameras.cam{index:02d}]", f'url = "{url}"', f"process_hz = {process_hz}"]
-    path = directory / f"daemon-{cameras}.toml"
+    path = directory / f"daemon-{cameras}{'-cluster' if cluster else ''}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -130,16 +148,38 @@ def parse_metrics(text: str) -> dict[tuple[str, str], float]:
     return values
 
 
-def process_figures(pid: int) -> tuple[float, float]:
-    """(CPU seconds used so far, RSS in MiB) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    rss_kib = next(
-        int(line.split()[1])
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmRSS:")
-    )
+def process_figures(pid: int, tree: bool = False) -> tuple[float, float]:
+    """(CPU seconds used so far, RSS in MiB) of a process (``tree``: and all its descendants), from /proc."""
+    pids = [pid] + (descendants(pid) if tree else [])
+    cpu = rss_kib = 0.0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{each}/status").read_text().splitlines()
+        except OSError:
+            continue  # ended between the listing and the read
+        # Own plus waited-for children's time, so workers that already exited still count.
+        cpu += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+        rss_kib += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
     return cpu, rss_kib / 1024.0
+
+
+def descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in parents.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
 
 
 def fetch(port: int, path: str) -> str:
@@ -158,8 +198,9 @@ class Sample:
 class DaemonProcess:
     """``stream-detector daemon`` as a subprocess, with its HTTP port known in advance."""
 
-    def __init__(self, config: Path, http_port: int, log_path: Path) -> None:
+    def __init__(self, config: Path, http_port: int, log_path: Path, tree: bool = False) -> None:
         self.http_port = http_port
+        self.tree = tree
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stream_detector.cli", "daemon", "--config", str(config)],
@@ -168,7 +209,7 @@ class DaemonProcess:
             cwd=REPO,
         )
 
-    def wait_connected(self, cameras: int, timeout_s: float = 120.0) -> None:
+    def wait_connected(self, cameras: int, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -183,7 +224,7 @@ class DaemonProcess:
         raise RuntimeError(f"not all {cameras} cameras connected within {timeout_s:.0f} s")
 
     def sample(self) -> Sample:
-        cpu, rss = process_figures(self.process.pid)
+        cpu, rss = process_figures(self.process.pid, self.tree)
         return Sample(time.monotonic(), cpu, rss, parse_metrics(fetch(self.http_port, "/metrics")))
 
     def stop(self) -> float:
@@ -191,7 +232,7 @@ class DaemonProcess:
         started = time.monotonic()
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(30)
+            self.process.wait(60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
@@ -216,9 +257,14 @@ class Result:
     inference_mean_ms: float
     dropped_per_camera_s: float
     stop_seconds: float
+    mode: str = "single-box"
+    serve_round_trip_ms: float | None = None
+    serve_batch_frames_mean: float | None = None
 
 
-def summarise(cameras: int, samples: list[Sample], process_hz: float, stop_seconds: float) -> Result:
+def summarise(
+    cameras: int, samples: list[Sample], process_hz: float, stop_seconds: float, mode: str = "single-box"
+) -> Result:
     first, last = samples[0], samples[-1]
     span = last.t - first.t
     names = [f"cam{index:02d}" for index in range(cameras)]
@@ -242,12 +288,18 @@ def summarise(cameras: int, samples: list[Sample], process_hz: float, stop_secon
         for sample in samples
         for name in names
     )
-    inference_count = last.metrics.get(
-        ("stream_detector_inference_seconds_count", ""), 0
-    ) - first.metrics.get(("stream_detector_inference_seconds_count", ""), 0)
-    inference_sum = last.metrics.get(("stream_detector_inference_seconds_sum", ""), 0) - first.metrics.get(
-        ("stream_detector_inference_seconds_sum", ""), 0
-    )
+
+    def total(metric: str) -> float:
+        # Single box: one unlabelled series; cluster: one per camera actor. Summed either way.
+        keys = [""] + names
+        return sum(
+            last.metrics.get((metric, key), 0.0) - first.metrics.get((metric, key), 0.0) for key in keys
+        )
+
+    inference_count = total("stream_detector_inference_seconds_count")
+    inference_sum = total("stream_detector_inference_seconds_sum")
+    serve_count = total("stream_detector_serve_classify_seconds_count")
+    batch_count = total("stream_detector_serve_batch_frames_count")
     cores = (last.cpu_s - first.cpu_s) / span
     sustained = (
         min(processed) >= 0.9 * process_hz
@@ -271,6 +323,15 @@ def summarise(cameras: int, samples: list[Sample], process_hz: float, stop_secon
         inference_mean_ms=round(1000 * inference_sum / max(inference_count, 1), 1),
         dropped_per_camera_s=round(statistics.mean(dropped), 1),
         stop_seconds=round(stop_seconds, 2),
+        mode=mode,
+        serve_round_trip_ms=(
+            round(1000 * total("stream_detector_serve_classify_seconds_sum") / serve_count, 1)
+            if serve_count
+            else None
+        ),
+        serve_batch_frames_mean=(
+            round(total("stream_detector_serve_batch_frames_sum") / batch_count, 2) if batch_count else None
+        ),
     )
 
 
@@ -282,10 +343,12 @@ def run_one(
     warmup_s: float,
     seconds: float,
     interval_s: float,
+    cluster: bool = False,
 ) -> tuple[Result, list[Sample]]:
     http_port = free_port()
-    config = daemon_config(workdir, url, cameras, process_hz, http_port)
-    daemon = DaemonProcess(config, http_port, workdir / f"daemon-{cameras}.log")
+    config = daemon_config(workdir, url, cameras, process_hz, http_port, cluster)
+    mode = "cluster" if cluster else "single-box"
+    daemon = DaemonProcess(config, http_port, workdir / f"daemon-{cameras}-{mode}.log", tree=cluster)
     try:
         daemon.wait_connected(cameras)
         time.sleep(warmup_s)
@@ -296,7 +359,79 @@ def run_one(
             samples.append(daemon.sample())
     finally:
         stop_seconds = daemon.stop()
-    return summarise(cameras, samples, process_hz, stop_seconds), samples
+    return summarise(cameras, samples, process_hz, stop_seconds, mode), samples
+
+
+def serve_throughput(batch_sizes: list[int], callers: int, seconds: float) -> list[dict]:
+    """Crops/s of the Serve classifier (one replica, local Ray) against its max batch size, ``callers``
+    threads each sending one crop at a time, beside the same model called in this process on batches of
+    that size (the baseline, measured in the same run)."""
+    import threading
+
+    import numpy as np
+    import ray
+    from ray import serve
+
+    from stream_detector.cluster.classifier import APP_NAME, classifier_application
+    from stream_detector.daemon.config import ClusterConfig
+    from stream_detector.pipeline.classifier import load_classifier
+    from stream_detector.pipeline.engine import EngineSettings
+
+    settings = EngineSettings()
+    crop = np.random.default_rng(0).integers(0, 255, (1, 224, 224, 3), dtype=np.uint8)
+    local = load_classifier(settings.backend, threads=settings.threads)
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning")
+    serve.start(proxy_location="Disabled")
+    rows = []
+    try:
+        for batch in batch_sizes:
+            cluster = ClusterConfig(max_batch_frames=batch, batch_wait_s=0.01, classifier_cpus=0)
+            handle = serve.run(classifier_application(cluster, settings), name=APP_NAME, route_prefix=None)
+            for _ in range(3):
+                handle.classify.remote(crop).result()
+            counts = [0] * callers
+            sizes: list[int] = []
+            deadline = time.monotonic() + seconds
+
+            started = time.monotonic()
+            threads = [
+                threading.Thread(target=_call_until, args=(handle, crop, deadline, counts, sizes, index))
+                for index in range(callers)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            serve_rate = sum(counts) / (time.monotonic() - started)
+            stacked = np.repeat(crop, batch, axis=0)
+            done, started = 0, time.monotonic()
+            while time.monotonic() - started < seconds / 2:
+                local.classify(stacked)
+                done += batch
+            local_rate = done / (time.monotonic() - started)
+            rows.append(
+                {
+                    "max_batch_frames": batch,
+                    "callers": callers,
+                    "serve_crops_s": round(serve_rate, 1),
+                    "serve_batch_mean": round(statistics.mean(sizes), 2) if sizes else None,
+                    "in_process_crops_s": round(local_rate, 1),
+                    "ratio": round(serve_rate / local_rate, 3),
+                }
+            )
+            print("  " + json.dumps(rows[-1]), flush=True)
+            serve.delete(APP_NAME)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
+def _call_until(handle, crop, deadline: float, counts: list[int], sizes: list[int], index: int) -> None:
+    while time.monotonic() < deadline:
+        _, frames, _ = handle.classify.remote(crop).result()
+        counts[index] += 1
+        sizes.append(frames)
 
 
 def load_average() -> str:
@@ -314,6 +449,13 @@ def main() -> int:
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--clip", type=Path, help="a video to serve instead of the generated face clip")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also run each camera count in cluster mode (local Ray) and measure the Serve classifier",
+    )
+    parser.add_argument("--serve-batches", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--serve-callers", type=int, default=16)
     args = parser.parse_args()
     problem = system_gstreamer_problem()
     if problem:
@@ -328,43 +470,71 @@ def main() -> int:
         results = []
         try:
             for cameras in args.cameras:
-                print(
-                    f"{cameras} cameras: measuring {args.seconds:.0f} s after {args.warmup:.0f} s warm-up "
-                    f"(load average {load_average()})",
-                    flush=True,
-                )
-                result, _ = run_one(
-                    workdir,
-                    server.url("cam"),
-                    cameras,
-                    args.process_hz,
-                    args.warmup,
-                    args.seconds,
-                    args.interval,
-                )
-                results.append(result)
-                print("  " + json.dumps(asdict(result)), flush=True)
+                for cluster in (False, True) if args.cluster else (False,):
+                    print(
+                        f"{cameras} cameras{' (cluster mode)' if cluster else ''}: measuring {args.seconds:.0f} s "
+                        f"after {args.warmup:.0f} s warm-up (load average {load_average()})",
+                        flush=True,
+                    )
+                    result, _ = run_one(
+                        workdir,
+                        server.url("cam"),
+                        cameras,
+                        args.process_hz,
+                        args.warmup,
+                        args.seconds,
+                        args.interval,
+                        cluster,
+                    )
+                    results.append(result)
+                    print("  " + json.dumps(asdict(result)), flush=True)
         finally:
             server.stop()
+    serve_rows = []
+    if args.cluster:
+        print(f"Serve classifier alone: {args.serve_callers} callers, one crop per call", flush=True)
+        serve_rows = serve_throughput(args.serve_batches, args.serve_callers, min(args.seconds, 20.0))
     print()
     print(
-        f"{'cameras':>7} {'sustained':>9} {'fps min':>7} {'cls/s min':>9} {'lag 1st/2nd half s':>18} {'lag max s':>9} "
+        f"{'mode':>10} {'cameras':>7} {'sustained':>9} {'fps min':>7} {'cls/s min':>9} {'lag 1st/2nd half s':>18} {'lag max s':>9} "
         f"{'cores':>5} {'cores/cam':>9} {'RSS MiB':>13} {'infer ms':>8}"
     )
     for r in results:
         print(
-            f"{r.cameras:>7} {str(r.sustained):>9} {r.processed_fps_min:>7.2f} {r.classified_per_camera_s_min:>9.2f} "
+            f"{r.mode:>10} {r.cameras:>7} {str(r.sustained):>9} {r.processed_fps_min:>7.2f} {r.classified_per_camera_s_min:>9.2f} "
             f"{r.lag_first_half_s:>8.3f}/{r.lag_second_half_s:<9.3f} {r.lag_max_s:>9.3f} {r.cpu_cores:>5.2f} "
             f"{r.cpu_cores_per_camera:>9.3f} {r.rss_start_mib:>6.0f}->{r.rss_end_mib:<6.0f} {r.inference_mean_ms:>8.1f}"
         )
-    sustained = [r.cameras for r in results if r.sustained]
+    if args.cluster:
+        print()
+        print("cluster mode against the single-box daemon (same run, same cameras):")
+        for cameras in args.cameras:
+            single = next(r for r in results if r.cameras == cameras and r.mode == "single-box")
+            cluster = next(r for r in results if r.cameras == cameras and r.mode == "cluster")
+            ratio = cluster.cpu_cores_per_camera / max(single.cpu_cores_per_camera, 1e-6)
+            print(
+                f"  {cameras} cameras: cores/camera {single.cpu_cores_per_camera:.3f} -> "
+                f"{cluster.cpu_cores_per_camera:.3f} (x{ratio:.2f}); RSS {single.rss_end_mib:.0f} -> "
+                f"{cluster.rss_end_mib:.0f} MiB; classification round trip through Serve "
+                f"{cluster.serve_round_trip_ms} ms (mean batch {cluster.serve_batch_frames_mean} frames); "
+                f"engine batch {single.inference_mean_ms:.1f} -> {cluster.inference_mean_ms:.1f} ms"
+            )
+        for row in serve_rows:
+            print(
+                f"  Serve max_batch_frames={row['max_batch_frames']}: {row['serve_crops_s']} crops/s "
+                f"(mean batch {row['serve_batch_mean']}) vs in-process {row['in_process_crops_s']} (x{row['ratio']})"
+            )
+    sustained = [r.cameras for r in results if r.sustained and r.mode == "single-box"]
     print(
         f"most cameras sustained: {max(sustained) if sustained else 0} (of {', '.join(map(str, args.cameras))}); "
         f"{os.cpu_count()} CPUs, load average now {load_average()}"
     )
     if args.json:
         args.json.write_text(
-            json.dumps({"results": [asdict(r) for r in results], "cpus": os.cpu_count()}, indent=1)
+            json.dumps(
+                {"results": [asdict(r) for r in results], "serve": serve_rows, "cpus": os.cpu_count()},
+                indent=1,
+            )
         )
     return 0
 

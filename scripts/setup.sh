@@ -3,8 +3,11 @@
 # the virtual environment with the pinned packages, the project itself, and the BlazeFace face
 # detector models taken from the mediapipe 0.10.21 wheel on the package index (checksum-verified).
 # Idempotent: a stamp skips the pip step when nothing it depends on changed.
+# --cluster also installs the optional Ray extra (requirements-cluster.lock), which the tests use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cluster=0
+[ "${1:-}" = "--cluster" ] && cluster=1
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
@@ -19,6 +22,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install -q -r requirements.lock
     .venv/bin/python -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
+fi
+cluster_stamp=.venv/.stream-detector-cluster-installed
+cluster_want=$(cat requirements.lock requirements-cluster.lock | sha256sum | cut -d' ' -f1)
+if [ "$cluster" = 1 ] && { [ ! -f "$cluster_stamp" ] || [ "$(cat "$cluster_stamp")" != "$cluster_want" ]; }; then
+    .venv/bin/python -m pip install -q -r requirements.lock -r requirements-cluster.lock
+    .venv/bin/python -m pip check >/dev/null
+    echo "$cluster_want" > "$cluster_stamp"
 fi
 
 # The face models (BlazeFace detectors, FaceMesh landmarks for training): mediapipe >= 0.10.30 ships

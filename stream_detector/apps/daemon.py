@@ -8,6 +8,7 @@ from pathlib import Path
 from stream_detector.daemon.config import load_config
 from stream_detector.daemon.ops import NativeStderr, configure_logging
 from stream_detector.daemon.service import Daemon, StopSignals, tune_allocator
+from stream_detector.errors import ConfigError
 from stream_detector.pipeline.engine import build_engine
 
 
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
         for camera in config.cameras:
             state = "enabled" if camera.enabled else "disabled"
             print(f"{camera.name}: {camera.display_url} ({state}, {camera.process_hz:g} Hz)")
+        if config.cluster is not None:
+            print(f"cluster: {config.cluster.address} (namespace {config.cluster.namespace})")
         print(f"config OK: {sum(c.enabled for c in config.cameras)} camera(s) enabled")
         return 0
     configure_logging(config.log_format, config.mask)
@@ -37,6 +40,20 @@ def run(args: argparse.Namespace) -> int:
     # From here on every line on stderr is a structured, masked record, native libraries' included.
     native = NativeStderr().start()
     try:
+        if config.cluster is not None:
+            # Ray only in cluster mode: the single-box daemon never imports it.
+            try:
+                import ray  # noqa: F401
+            except ImportError:
+                raise ConfigError(
+                    "cluster: Ray is not installed here (pip install '.[cluster]', or leave out [cluster])"
+                ) from None
+            from stream_detector.cluster.driver import ClusterDaemon
+
+            cluster = ClusterDaemon(config, config_loader=lambda: load_config(args.config))
+            signals = StopSignals()
+            with signals as stop:
+                return cluster.run(stop, signals.reload)
         # Many cameras share a pool of detectors (faces.DetectorPool) instead of one MediaPipe graph each.
         engine = build_engine(config.engine, shared_detectors=True)  # ModelError: one line, exit 2
         daemon = Daemon(config, engine, config_loader=lambda: load_config(args.config))

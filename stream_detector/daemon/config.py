@@ -114,6 +114,41 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """The [cluster] table: the same daemon on a Ray cluster (stream_detector/cluster)."""
+
+    address: str = setting(
+        "local", 'HOST:PORT of a running Ray cluster\'s head (GCS), or "local" to start one in this process'
+    )
+    namespace: str = setting("stream_detector", "Ray namespace of the daemon's actors")
+    camera_cpus: float = setting(
+        0.5,
+        "logical CPUs each camera actor asks for (fractional packs several per core)",
+        minimum=0.0,
+        maximum=64.0,
+    )
+    camera_max_restarts: int = setting(
+        -1, "times Ray restarts a dead camera actor (-1: always)", minimum=-1, maximum=1_000_000
+    )
+    classifier_replicas: int = setting(1, "Serve replicas of the classifier", minimum=1, maximum=256)
+    classifier_cpus: float = setting(1.0, "logical CPUs per classifier replica", minimum=0.0, maximum=64.0)
+    classifier_gpus: float = setting(0.0, "GPUs per classifier replica (0: CPU)", minimum=0.0, maximum=16.0)
+    classifier_resource: str | None = setting(
+        None, "a custom Ray node resource each replica needs (pins the classifier to nodes that have it)"
+    )
+    max_batch_frames: int = setting(
+        16, "camera frames (each with its face crops) one Serve batch joins", minimum=1, maximum=1024
+    )
+    batch_wait_s: float = setting(0.005, "how long a Serve batch waits to fill up", minimum=0.0, maximum=1.0)
+    classify_timeout_s: float = setting(
+        2.0,
+        "a frame's crops not classified within this (replica gone) are skipped and counted as a gap",
+        minimum=0.05,
+        maximum=60.0,
+    )
+
+
+@dataclass(frozen=True)
 class DaemonSection:
     """The [daemon] table."""
 
@@ -133,6 +168,7 @@ class DaemonConfig:
     log_format: str = DaemonSection.log_format
     max_batch_frames: int = DaemonSection.max_batch_frames
     mqtt: MqttConfig | None = None
+    cluster: ClusterConfig | None = None
     secrets: tuple[str, ...] = field(default=(), repr=False)
     source_path: Path | None = None
     # Things that are allowed but probably not meant (the same stream twice): shown by --check, logged.
@@ -453,6 +489,23 @@ def _mqtt(table: _Table, loader: _Loader) -> MqttConfig | None:
     return MqttConfig(host=host, username=username, password=password, **values)
 
 
+def _cluster(table: _Table) -> ClusterConfig | None:
+    if not table.data:
+        table.finish()
+        return None
+    config = ClusterConfig(**read_declared(table, ClusterConfig))
+    table.finish()
+    if config.address != "local":
+        host, _, port = config.address.rpartition(":")
+        if not host or not _is_host(host.strip("[]")):
+            raise table.error("address", f'must be "HOST:PORT" or "local", not {config.address!r}')
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise table.error("address", f"port must be 1-65535, not {port!r}")
+    if not config.namespace.strip():
+        raise table.error("namespace", "must not be empty")
+    return config
+
+
 def _engine(table: _Table) -> EngineSettings:
     smoothing_table = table.table("smoothing")
     try:
@@ -511,6 +564,7 @@ def parse_config(
 
     webhook = _webhook(root.table("webhook"), loader)
     mqtt = _mqtt(root.table("mqtt"), loader)
+    cluster = _cluster(root.table("cluster"))
 
     reconnect_defaults = _reconnect(root.table("reconnect"), ReconnectConfig())
 
@@ -555,6 +609,7 @@ def parse_config(
         events=events,
         webhook=webhook,
         mqtt=mqtt,
+        cluster=cluster,
         http=http,
         log_format=section.log_format,
         max_batch_frames=section.max_batch_frames,
@@ -601,6 +656,7 @@ def schema() -> dict[str, dict[str, tuple[Any, Setting | None]]]:
             "password": (None, None),
             **declared(MqttSettings),
         },
+        "cluster": declared(ClusterConfig),
         "reconnect": declared(ReconnectConfig),
         "cameras.NAME": {"url": (None, None), **declared(CameraConfig)},
         "cameras.NAME.reconnect": {key: ("[reconnect]'s", None) for key in declared(ReconnectConfig)},

@@ -302,18 +302,31 @@ class SnapshotWriter:
         self.quality = quality
 
     def write(self, image_bgr: np.ndarray, event: Event) -> Path:
-        name = f"{event.source_id}_{event.event_id}_{event.kind}_{int(event.duration_ms)}.jpg"
+        return self.write_encoded(encode_snapshot(image_bgr, self.quality), snapshot_name(event))
+
+    def write_encoded(self, jpeg: bytes, name: str) -> Path:
+        """A JPEG encoded elsewhere (a cluster's camera actor encodes, the sink's node stores)."""
+        if "/" in name or name.startswith("."):
+            raise OSError(f"not a snapshot file name: {name!r}")
         path = self.directory / name
-        ok, encoded = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if not ok:
-            raise OSError(f"JPEG encoding failed for {name}")
         temporary = path.with_suffix(".jpg.tmp")
         with open(temporary, "wb") as stream:
-            stream.write(encoded.tobytes())
+            stream.write(jpeg)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
         return path
+
+
+def snapshot_name(event: Event) -> str:
+    return f"{event.source_id}_{event.event_id}_{event.kind}_{int(event.duration_ms)}.jpg"
+
+
+def encode_snapshot(image_bgr: np.ndarray, quality: int) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError("JPEG encoding failed for a snapshot")
+    return encoded.tobytes()
 
 
 @dataclass
@@ -479,6 +492,10 @@ class EventSinks:
         self.snapshots = snapshots
         self.webhook = webhook
         self.mqtt = mqtt
+
+    @property
+    def description(self) -> str:
+        return str(self.log_file.path)
 
     def emit(self, event: Event, image_bgr: np.ndarray | None, **extra: object) -> dict[str, object]:
         if self.snapshots is not None and image_bgr is not None and event.kind in ("start", "update"):

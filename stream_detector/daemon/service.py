@@ -112,6 +112,53 @@ def release_free_memory() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
+def open_event_sinks(config: DaemonConfig, metrics: DaemonMetrics, cameras: tuple[str, ...]) -> EventSinks:
+    """The config's event log, snapshots, webhook and MQTT (ConfigError if the events directory is
+    unusable); their outcomes are counted in ``metrics``. The single-box daemon and a cluster's sink
+    actor (cluster/sink.py) open them alike."""
+    try:
+        log_file = JsonlEventLog(config.events.jsonl_path)
+        snapshots = (
+            SnapshotWriter(config.events.snapshot_directory, config.events.snapshot_quality)
+            if config.events.snapshots
+            else None
+        )
+    except OSError as error:
+        raise ConfigError(
+            f"events.directory: cannot create {config.events.directory} ({error.strerror})"
+        ) from None
+    webhook = None
+    if config.webhook is not None:
+        hook = config.webhook
+        webhook = WebhookSender(
+            hook.url,
+            hook,  # a WebhookConfig is the sender's WebhookPolicy plus its URL
+            display_url=hook.display_url,
+            on_result=lambda result: metrics.webhook.labels(result).inc(),
+        )
+    mqtt = None
+    if config.mqtt is not None:
+        from stream_detector.daemon.mqtt import MqttPublisher
+
+        mqtt = MqttPublisher(
+            config.mqtt,
+            cameras,
+            on_count=lambda result: metrics.mqtt.labels(result).inc(),
+        ).start()
+        log.info(
+            "mqtt broker %s:%d topic_prefix=%s",
+            config.mqtt.host,
+            config.mqtt.port,
+            config.mqtt.topic_prefix,
+        )
+    return EventSinks(log_file, snapshots, webhook, mqtt)
+
+
+def sections_needing_restart(old: DaemonConfig, new: DaemonConfig, sections: tuple[str, ...]) -> list[str]:
+    """The tables a reload cannot apply that differ between the running config and the file."""
+    return [section for section in sections if getattr(new, section, None) != getattr(old, section, None)]
+
+
 class StopSignals:
     """SIGTERM and SIGINT set the stop Event, SIGHUP the reload Event, instead of raising (SIGHUP's
     default would end the process at once, open events unwritten); the previous handlers come back
@@ -192,8 +239,11 @@ class Daemon:
         engine: Engine,
         opener_factory: Callable[[CameraConfig], Callable[[], FrameSource]] | None = None,
         config_loader: Callable[[], DaemonConfig] | None = None,
+        sinks_factory: Callable[[], tuple[EventSinks, object | None]] | None = None,
     ) -> None:
-        """``config_loader`` reads the config file again for a reload (None: reload is refused)."""
+        """``config_loader`` reads the config file again for a reload (None: reload is refused);
+        ``sinks_factory`` gives the event sinks and MQTT publisher (None: the config's own, on this
+        box; a cluster's camera actor forwards to its sink actor instead)."""
         self.config = config
         self.engine = engine
         self._stop = threading.Event()
@@ -206,6 +256,9 @@ class Daemon:
         self.config_loader = config_loader
         self.reloads = 0
         self.mqtt = None
+        self._sinks_factory = sinks_factory
+        # The reason the incidents still open at stop are ended with (a cluster camera: "removed" too).
+        self.stop_reason = "shutdown"
         self._closers: list[threading.Thread] = []
         self.runs: list[_CameraRun] = [
             self._new_run(camera_config) for camera_config in config.cameras if camera_config.enabled
@@ -291,11 +344,9 @@ class Daemon:
         self.runs = kept + started
         if self.mqtt is not None:
             self.mqtt.cameras_changed(tuple(run.config.name for run in self.runs))
-        ignored = [
-            section
-            for section in ("engine", "events", "http", "webhook", "mqtt", "log_format")
-            if getattr(new, section, None) != getattr(self.config, section, None)
-        ]
+        ignored = sections_needing_restart(
+            self.config, new, ("engine", "events", "http", "webhook", "mqtt", "log_format")
+        )
         if ignored:
             log.warning("reload: changes to %s apply at the next restart", ", ".join(ignored))
         self.reloads += 1
@@ -355,17 +406,10 @@ class Daemon:
         external = stop or threading.Event()
         reload = reload or threading.Event()
         config = self.config
-        try:
-            log_file = JsonlEventLog(config.events.jsonl_path)
-            snapshots = (
-                SnapshotWriter(config.events.snapshot_directory, config.events.snapshot_quality)
-                if config.events.snapshots
-                else None
-            )
-        except OSError as error:
-            raise ConfigError(
-                f"events.directory: cannot create {config.events.directory} ({error.strerror})"
-            ) from None
+        if self._sinks_factory is not None:
+            self.sinks, self.mqtt = self._sinks_factory()
+        else:
+            self.sinks, self.mqtt = self._open_sinks(config)
         if config.http.enabled:
             try:
                 self.ops = OpsServer(
@@ -377,31 +421,6 @@ class Daemon:
                 ) from None
             self.ops_address = self.ops.address
             log.info("ops endpoint http://%s:%d/healthz /metrics", *self.ops_address)
-        webhook = None
-        if config.webhook is not None:
-            hook = config.webhook
-            webhook = WebhookSender(
-                hook.url,
-                hook,  # a WebhookConfig is the sender's WebhookPolicy plus its URL
-                display_url=hook.display_url,
-                on_result=lambda result: self.metrics.webhook.labels(result).inc(),
-            )
-        self.mqtt = None
-        if config.mqtt is not None:
-            from stream_detector.daemon.mqtt import MqttPublisher
-
-            self.mqtt = MqttPublisher(
-                config.mqtt,
-                tuple(run.config.name for run in self.runs),
-                on_count=lambda result: self.metrics.mqtt.labels(result).inc(),
-            ).start()
-            log.info(
-                "mqtt broker %s:%d topic_prefix=%s",
-                config.mqtt.host,
-                config.mqtt.port,
-                config.mqtt.topic_prefix,
-            )
-        self.sinks = EventSinks(log_file, snapshots, webhook, self.mqtt)
         for run in self.runs:
             log.info(
                 "camera=%s url=%s process_hz=%g stall_timeout_s=%g",
@@ -415,7 +434,7 @@ class Daemon:
             "daemon started cameras=%d engine=%s events=%s",
             len(self.runs),
             self.engine.description,
-            log_file.path,
+            self.sinks.description,
         )
         for warning in config.warnings:
             log.warning("config: %s", warning)
@@ -441,6 +460,11 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _open_sinks(self, config: DaemonConfig) -> tuple[EventSinks, object | None]:
+        """The event log, snapshots, webhook and MQTT of a single-box daemon (ConfigError if unusable)."""
+        sinks = open_event_sinks(config, self.metrics, tuple(run.config.name for run in self.runs))
+        return sinks, sinks.mqtt
 
     def _step(self) -> bool:
         """One turn of the detection loop; False when nothing was due (the caller naps)."""
@@ -610,7 +634,7 @@ class Daemon:
         now_ms = time.monotonic() * 1000.0
         for run in self.runs:
             for event in run.events.close_all(now_ms):
-                self._emit(run, event, run.last_result, reason="shutdown")
+                self._emit(run, event, run.last_result, reason=self.stop_reason)
         self._stop.set()
         deadline = time.monotonic() + self.stop_bound_s
         for run in self.runs:

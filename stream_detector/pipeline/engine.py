@@ -251,7 +251,14 @@ class Engine:
             item_scores = scores[offset : offset + len(item_crops)]
             offset += len(item_crops)
             item.timings["classify"] = classify_ms if len(item_crops) else 0.0
-            results.append(self._smooth(item, dict(zip(item.due_ids, item_scores, strict=True))))
+            # A NaN is a crop the classifier could not score (a remote replica gone): that face keeps
+            # its smoothed verdict, as between classifications, instead of taking a made-up score.
+            scored = {
+                track_id: score
+                for track_id, score in zip(item.due_ids, item_scores, strict=True)
+                if math.isfinite(score)
+            }
+            results.append(self._smooth(item, scored))
         return results
 
     def _state(self, source_id: str) -> _SourceState:
@@ -373,14 +380,18 @@ def _close(stage: object) -> None:
 
 
 def build_engine(
-    settings: EngineSettings | None = None, video: bool = True, shared_detectors: bool = False
+    settings: EngineSettings | None = None,
+    video: bool = True,
+    shared_detectors: bool = False,
+    classifier: Classifier | None = None,
 ) -> Engine:
     """An Engine on the real stages: MediaPipe BlazeFace and ``load_classifier(settings.backend)``.
     ModelError if a model is missing.
 
     Detectors: one per source in VIDEO mode (``video=False``: IMAGE mode, for unrelated still images),
     or, with ``shared_detectors`` (many sources: the daemon), a pool of ``settings.threads`` IMAGE-mode
-    detectors that every source borrows from (faces.DetectorPool)."""
+    detectors that every source borrows from (faces.DetectorPool). ``classifier``: another one (a
+    cluster's camera uses the Serve deployment), so no model is loaded here."""
     from stream_detector.pipeline.classifier import load_classifier
     from stream_detector.pipeline.faces import (
         DetectorPool,
@@ -392,7 +403,8 @@ def build_engine(
     settings = settings or EngineSettings()
     # Fail now, not on the first frame, if the detector model is missing.
     detector_model_path(settings.detector_range)  # type: ignore[arg-type]
-    classifier = load_classifier(settings.backend, settings.model_dir, threads=settings.threads)
+    if classifier is None:
+        classifier = load_classifier(settings.backend, settings.model_dir, threads=settings.threads)
 
     def make_plain_detector(video_mode: bool) -> FaceDetector:
         return MediaPipeFaceDetector(

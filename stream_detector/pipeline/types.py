@@ -125,4 +125,5 @@ class Classifier(Protocol):
     name: str
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
-        """(N, 224, 224, 3) uint8 RGB -> (N,) float32 p(fake); N may be 0."""
+        """(N, 224, 224, 3) uint8 RGB -> (N,) float32 p(fake); N may be 0. NaN for a crop that could not
+        be scored (a remote service that timed out): the engine leaves that face's verdict as it was."""

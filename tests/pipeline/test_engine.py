@@ -1,3 +1,4 @@
+import math
 import threading
 
 import cv2
@@ -212,6 +213,21 @@ def test_fake_scores_become_a_fake_verdict_and_real_ones_real():
             for index in range(8)
         ]
         assert states[0] == VerdictState.UNCERTAIN and states[-1] == expected
+
+
+def test_a_crop_the_classifier_could_not_score_leaves_the_verdict_as_it_was():
+    # A remote classifier whose replica is gone answers NaN (cluster/classifier.py): no made-up score.
+    settings = EngineSettings(classify_hz=0, smoothing=SmootherSettings(min_evidence=3.0))
+    engine, classifier, _ = make_engine(lambda frame: [(50, 50, 150, 150)], settings)
+    results = [engine.process(Frame(textured(red=240), index, index * 33.0)) for index in range(8)]
+    assert results[-1].verdicts[0].state == VerdictState.FAKE
+    before = results[-1].verdicts[0].p_smoothed
+    classifier.classify = lambda crops: np.full(len(crops), np.nan, np.float32)
+    gap = engine.process(Frame(textured(red=240), 8, 8 * 33.0))
+    assert gap.classified_ids == frozenset()
+    assert gap.verdicts[0].state == VerdictState.FAKE
+    assert gap.verdicts[0].p_smoothed == pytest.approx(before, abs=0.05)
+    assert not math.isnan(gap.verdicts[0].p_smoothed)
 
 
 def test_small_and_blurred_faces_are_not_classified_and_stay_uncertain(astronaut_bgr):
