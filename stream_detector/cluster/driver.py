@@ -410,6 +410,8 @@ class ClusterDaemon:
                 placement.pending = placement.actor.status.remote()
                 placement.pending_since = now
         pending = [placement.pending for placement in self.cameras.values()]
+        if not pending:
+            return
         ready, _ = ray.wait(pending, num_returns=len(pending), timeout=min(STATUS_TIMEOUT_S, POLL_S))
         ready_set = set(ready)
         for name, placement in self.cameras.items():
@@ -487,6 +489,8 @@ class ClusterDaemon:
         }
         sink_calls = [self.sink.metric_families.remote(), self.sink.stats.remote()] if self.sink else []
         everything = list(calls.values()) + sink_calls
+        if not everything:
+            return
         ready, _ = ray.wait(everything, num_returns=len(everything), timeout=STATUS_TIMEOUT_S)
         ready_set = set(ready)
         for name, reference in calls.items():
