@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon.test_daemon import e2e_header, read_events
 from tests.daemon.test_mqtt import MOSQUITTO, Broker, Subscriber
 from tools import rtsp_server
 from tools.waiting import wait_until
@@ -34,24 +35,9 @@ rtsp_server_factory = rtsp_server.rtsp_server_factory
 
 def cluster_config(tmp_path: Path, server, address: str, broker_port: int) -> Path:
     cameras = "".join(f'[cameras.{name}]\nurl = "{server.url(name)}"\nprocess_hz = 2\n' for name in CAMERAS)
-    text = f"""
-[daemon]
-log_format = "json"
-[http]
-port = 0
-[engine]
-smoothing = {{ fake_enter = 0.0, fake_exit = 0.0, real_enter = 0.0, real_exit = 0.0, min_evidence = 2.0 }}
-threads = 1
-[events]
-directory = "{tmp_path / "out"}"
-min_duration_s = 0.5
-# Long enough that a camera actor slowed down by this busy box does not end its incident by itself.
-end_after_s = 4.0
-cooldown_s = 0
-[reconnect]
-open_timeout_s = 4
-read_timeout_s = 2
-stall_timeout_s = 3
+    # Long enough that a camera actor slowed down by this busy box does not end its incident by itself.
+    text = e2e_header(tmp_path, end_after_s=4.0)
+    text += f"""
 [mqtt]
 host = "127.0.0.1"
 port = {broker_port}
@@ -66,12 +52,6 @@ classify_timeout_s = 1.0
     path = tmp_path / "cluster.toml"
     path.write_text(text)
     return path
-
-
-def read_events(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture

@@ -317,8 +317,9 @@ def test_cli_check_shows_cameras_with_passwords_masked(tmp_path, capsys, monkeyp
 # The real thing: the CLI in a subprocess, a GStreamer RTSP server, MediaPipe and the shipped model.
 
 
-def e2e_config(tmp_path: Path, server, dead_port: int, silent_port: int, webhook_url: str) -> Path:
-    text = f"""
+def e2e_header(tmp_path: Path, end_after_s: float = 1.0, reconnect_extra: str = "") -> str:
+    """The tables every end-to-end config shares (the cameras and the outputs are each test's own)."""
+    return f"""
 [daemon]
 log_format = "json"
 [http]
@@ -331,16 +332,21 @@ threads = 1
 [events]
 directory = "{tmp_path / "out"}"
 min_duration_s = 0.5
-end_after_s = 1.0
+end_after_s = {end_after_s}
 cooldown_s = 0
-[webhook]
-url = "{webhook_url}"
 [reconnect]
 open_timeout_s = 4
 read_timeout_s = 2
 stall_timeout_s = 3
-backoff_initial_s = 0.3
-backoff_max_s = 1.0
+{reconnect_extra}
+"""
+
+
+def e2e_config(tmp_path: Path, server, dead_port: int, silent_port: int, webhook_url: str) -> Path:
+    text = e2e_header(tmp_path, reconnect_extra="backoff_initial_s = 0.3\nbackoff_max_s = 1.0")
+    text += f"""
+[webhook]
+url = "{webhook_url}"
 [cameras.door]
 url = "{server.url("door", "admin:${CAM_PASSWORD}")}"
 [cameras.yard]
@@ -526,24 +532,7 @@ def test_sighup_reloads_the_config_of_a_running_daemon_and_sigterm_is_bounded(tm
     config_path = tmp_path / "daemon.toml"
 
     def write_config(cameras: dict[str, str]) -> None:
-        text = f"""
-[daemon]
-log_format = "json"
-[http]
-port = 0
-[engine]
-smoothing = {{ fake_enter = 0.0, fake_exit = 0.0, real_enter = 0.0, real_exit = 0.0, min_evidence = 2.0 }}
-threads = 1
-[events]
-directory = "{tmp_path / "out"}"
-min_duration_s = 0.5
-end_after_s = 60
-cooldown_s = 0
-[reconnect]
-open_timeout_s = 4
-read_timeout_s = 2
-stall_timeout_s = 3
-"""
+        text = e2e_header(tmp_path, end_after_s=60)
         for name, url in cameras.items():
             text += f'[cameras.{name}]\nurl = "{url}"\n'
         config_path.write_text(text)
