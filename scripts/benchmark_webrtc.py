@@ -75,6 +75,7 @@ class RunFigures:
     classified_hz_per_face_min: float = 0.0
     classified_hz_per_face_mean: float = 0.0
     smallest_face_judged_px: float | None = None
+    return_max_width: int = 0
 
 
 def face_frames(count: int, phase: float) -> list[np.ndarray]:
@@ -155,7 +156,7 @@ async def measure(
     base: str, server_pid: int, peers: int, seconds: float, warmup: float, gallery: int = 0
 ) -> RunFigures:
     async with aiohttp.ClientSession() as http:
-        tracks, calls = [], []
+        tracks, calls, widths = [], [], []
         for peer in range(peers):
             if gallery:
                 frames, fps = gallery_frames(gallery), SCREEN_FPS
@@ -163,6 +164,7 @@ async def measure(
                 frames, fps = face_frames(90, phase=peer / max(peers, 1)), FPS
             track = StampedTrack(lambda index, frames=frames: frames[index % len(frames)], fps=fps)
             tracks.append(track)
+            widths.append(frames[0].shape[1])
             calls.append(await start_call(http, base, track))
         returned_tracks = [await asyncio.wait_for(call.returned, 20) for call in calls]
 
@@ -174,7 +176,8 @@ async def measure(
             def on_frame(frame, arrived: float) -> None:
                 if not window["open"]:
                     return
-                stamp = frame_stamp(frame)
+                # The server may send its video back smaller (serve --return-max-width).
+                stamp = frame_stamp(frame, widths[peer])
                 sent = tracks[peer].sent_at.get(stamp) if stamp is not None else None
                 if sent is None or stamp in seen[peer]:
                     return
@@ -263,6 +266,17 @@ async def measure(
 
 
 async def benchmark(arguments: argparse.Namespace) -> list[RunFigures]:
+    """Every run once per ``--return-max-width`` (each its own server), in this one invocation."""
+    results = []
+    for width in arguments.return_max_width:
+        print(f"serve --return-max-width {width}:", flush=True)
+        for figures in await benchmark_one(arguments, width):
+            figures.return_max_width = width
+            results.append(figures)
+    return results
+
+
+async def benchmark_one(arguments: argparse.Namespace, return_max_width: int) -> list[RunFigures]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [
@@ -283,6 +297,8 @@ async def benchmark(arguments: argparse.Namespace) -> list[RunFigures]:
         arguments.backend,
         "--classify-hz",
         str(arguments.classify_hz),
+        "--return-max-width",
+        str(return_max_width),
     ]
     server = subprocess.Popen(command, cwd=REPOSITORY, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     receiver = contextlib.nullcontext() if arguments.stock_receiver else marker_frame_assembly()
@@ -347,6 +363,13 @@ def main() -> int:
         nargs="+",
         choices=(1, 4, 9),
         help="instead of --peers: one shared 1920x1080 call at 15 fps with this many faces (1 4 9)",
+    )
+    parser.add_argument(
+        "--return-max-width",
+        type=int,
+        nargs="+",
+        default=[1280],
+        help="server's --return-max-width, one full set of runs each (e.g. 0 1280: as received vs scaled)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     arguments = parser.parse_args()

@@ -54,16 +54,21 @@ def write_stamp(image: np.ndarray, number: int) -> None:
         image[top : top + STAMP_BLOCK, left : left + STAMP_BLOCK] = 235 if bit else 16
 
 
-def read_stamp(image: np.ndarray) -> int | None:
-    """The number written by ``write_stamp``, or None when the blocks do not pass their check."""
+def read_stamp(image: np.ndarray, scale: float = 1.0) -> int | None:
+    """The number written by ``write_stamp``, or None when the blocks do not pass their check.
+
+    ``scale``: the image's width over the stamped frame's (the server may send its video back smaller)."""
     gray = image.mean(axis=2) if image.ndim == 3 else image
     height = gray.shape[0]
-    top = height - STAMP_MARGIN - STAMP_BLOCK
-    inner = STAMP_BLOCK // 4
+    size = STAMP_BLOCK * scale
+    top = height - (STAMP_MARGIN + STAMP_BLOCK) * scale
+    inner = size / 4
     bits = []
     for position in range(STAMP_BITS + STAMP_CHECK_BITS):
-        left = STAMP_MARGIN + position * STAMP_BLOCK
-        block = gray[top + inner : top + STAMP_BLOCK - inner, left + inner : left + STAMP_BLOCK - inner]
+        left = (STAMP_MARGIN + position * STAMP_BLOCK) * scale
+        block = gray[
+            round(top + inner) : round(top + size - inner), round(left + inner) : round(left + size - inner)
+        ]
         bits.append(1 if block.mean() > 128 else 0)
     word = 0
     for bit in bits:
@@ -74,11 +79,12 @@ def read_stamp(image: np.ndarray) -> int | None:
     return value
 
 
-def frame_stamp(frame: av.VideoFrame) -> int | None:
-    """``read_stamp`` on a decoded frame's luma plane, without converting the whole frame to BGR."""
+def frame_stamp(frame: av.VideoFrame, sent_width: int | None = None) -> int | None:
+    """``read_stamp`` on a decoded frame's luma plane, without converting the whole frame to BGR;
+    ``sent_width``: the stamped frame's width, when the frame came back at another size."""
     plane = frame.planes[0]
     luma = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
-    return read_stamp(luma)
+    return read_stamp(luma, frame.width / sent_width if sent_width else 1.0)
 
 
 class StampedTrack(MediaStreamTrack):

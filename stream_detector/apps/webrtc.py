@@ -41,6 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=12.0,
         help="offers accepted per client address after a burst of 6; more get HTTP 429 (default 12)",
     )
+    parser.add_argument(
+        "--return-max-width",
+        type=int,
+        default=1280,
+        help="the annotated video goes back at most this many pixels wide; verdicts always come from "
+        "the full-resolution frame (default 1280; 0: as received)",
+    )
     add_engine_arguments(parser, classify_hz=15.0)
     parser.add_argument(
         "--max-upload-mb", type=float, default=200.0, help="largest file /scan accepts (default 200)"
@@ -56,6 +63,8 @@ def _check(args: argparse.Namespace) -> None:
         raise StreamDetectorError(f"--port must be 0..65535, not {args.port}")
     if args.max_peers < 1:
         raise StreamDetectorError(f"--max-peers must be at least 1, not {args.max_peers}")
+    if args.return_max_width != 0 and not 64 <= args.return_max_width <= 8192:
+        raise StreamDetectorError(f"--return-max-width must be 0 or 64..8192, not {args.return_max_width}")
     if args.offers_per_minute <= 0:
         raise StreamDetectorError(f"--offers-per-minute must be positive, not {args.offers_per_minute}")
     if args.max_upload_mb <= 0:
@@ -95,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         token=args.token or None,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         offers_per_minute=args.offers_per_minute,
+        return_max_width=args.return_max_width,
         ice_addresses=tuple(local_addresses) if local_addresses else None,
         # Bound to loopback, only loopback candidates are accepted: media never leaves this machine.
         remote_addresses=tuple(local_addresses) if local_addresses and is_loopback(args.host) else None,

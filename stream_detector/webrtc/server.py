@@ -77,6 +77,9 @@ class ServerSettings:
     ice_addresses: tuple[str, ...] | None = None
     remote_addresses: tuple[str, ...] | None = None
     max_batch: int = 8
+    # The annotated video goes back at most this wide (0: as received). Encoding it is the server's
+    # largest cost for a shared 1080p window; the verdicts are from the full-resolution frame anyway.
+    return_max_width: int = 1280
     shutdown_timeout_s: float = 10.0
 
 
@@ -418,7 +421,9 @@ def create_app(
     )
     app[STATE_KEY] = ServerState(
         settings=settings,
-        worker=FrameWorker(annotator, max_batch=settings.max_batch),
+        worker=FrameWorker(
+            annotator, max_batch=settings.max_batch, return_max_width=settings.return_max_width
+        ),
         scanner=scanner,
         offer_limiter=RateLimiter(settings.offers_per_minute, settings.offer_burst),
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import av
+import cv2
 import numpy as np
 
 from stream_detector.pipeline.meters import monotonic_ms
@@ -78,8 +79,16 @@ class _Waiting:
 class FrameWorker:
     """The engine's worker thread for all peers. ``submit`` and ``add/remove_source`` are thread-safe."""
 
-    def __init__(self, annotator: FrameAnnotator, max_batch: int = 8, name: str = "webrtc-engine") -> None:
+    def __init__(
+        self,
+        annotator: FrameAnnotator,
+        max_batch: int = 8,
+        name: str = "webrtc-engine",
+        return_max_width: int = 0,
+    ) -> None:
+        """``return_max_width``: annotated frames wider than this go back scaled down (0: never)."""
         self._annotator = annotator
+        self._return_max_width = return_max_width
         # Faces below this size are not judged (stay UNCERTAIN); None when the annotator does not say.
         self.smallest_judged_px: int | None = getattr(annotator, "smallest_judged_px", None)
         self._max_batch = max(1, max_batch)
@@ -178,6 +187,15 @@ class FrameWorker:
                 # The thread serves every peer; one bad frame must not end it.
                 log.exception("processing a batch of %d frames failed", len(batch))
 
+    def _returned(self, image: np.ndarray) -> np.ndarray:
+        """The picture sent back: scaled down to ``return_max_width`` (even sizes, as VP8 wants)."""
+        height, width = image.shape[:2]
+        if not self._return_max_width or width <= self._return_max_width:
+            return image
+        new_width = self._return_max_width - self._return_max_width % 2
+        new_height = max(2, round(height * new_width / width / 2) * 2)
+        return cv2.resize(image, (new_width, new_height), interpolation=cv2.INTER_AREA)
+
     def _process(self, batch: list[tuple[str, _Source, _Waiting]]) -> None:
         frames = []
         for source_id, source, waiting in batch:
@@ -196,7 +214,7 @@ class FrameWorker:
         done_ms = monotonic_ms()
         for (_, source, waiting), frame, result in zip(batch, frames, results, strict=True):
             image = np.ascontiguousarray(result.image)
-            video_frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+            video_frame = av.VideoFrame.from_ndarray(self._returned(image), format="bgr24")
             # The returned frame keeps the sender's media time, so players pace it as captured.
             video_frame.pts = waiting.frame.pts
             if waiting.frame.time_base is not None:

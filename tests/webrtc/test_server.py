@@ -794,3 +794,22 @@ def test_slots_are_freed_at_once_on_close_and_soon_when_ice_never_connects() -> 
 
     freed_after_close, held_for = run(scenario())
     assert freed_after_close < 3.0 and 1.0 < held_for < 6.0
+
+
+def test_a_stamp_is_read_back_from_a_frame_returned_smaller():
+    image = np.full((1080, 1920, 3), 90, np.uint8)
+    write_stamp(image, 2345)
+    smaller = cv2.resize(image, (1280, 720), interpolation=cv2.INTER_AREA)
+    assert read_stamp(smaller) is None
+    assert read_stamp(smaller, scale=1280 / 1920) == 2345
+
+
+def test_the_worker_sends_wide_frames_back_scaled_down_and_small_ones_as_they_are():
+    from stream_detector.webrtc.worker import FrameWorker
+
+    worker = FrameWorker(annotator=None, return_max_width=1280)  # type: ignore[arg-type]
+    wide = worker._returned(np.zeros((1080, 1920, 3), np.uint8))
+    assert wide.shape == (720, 1280, 3)
+    small = np.zeros((480, 640, 3), np.uint8)
+    assert worker._returned(small) is small
+    assert FrameWorker(annotator=None)._returned(np.zeros((1080, 1920, 3), np.uint8)).shape[1] == 1920  # type: ignore[arg-type]
