@@ -354,23 +354,14 @@ class ClusterDaemon:
     def reload(self) -> bool:
         import ray
 
-        from stream_detector.daemon.service import sections_needing_restart
+        from stream_detector.daemon.service import camera_changes, read_for_reload, sections_needing_restart
 
-        if self.config_loader is None:
-            log.error("reload refused: this daemon was started without a config file to read again")
+        new = read_for_reload(self.config_loader)
+        if new is None:
             return False
-        try:
-            new = self.config_loader()
-        except (ConfigError, OSError) as error:
-            log.error("reload refused, the running config stays: %s", error)
-            return False
-        wanted = {camera.name: camera for camera in self._enabled(new)}
-        stopping = []
-        for name, placement in list(self.cameras.items()):
-            if name not in wanted:
-                stopping.append((name, "removed"))
-            elif wanted[name] != placement.config:
-                stopping.append((name, "reconfigured"))
+        wanted, stopping = camera_changes(
+            {name: placement.config for name, placement in self.cameras.items()}, new
+        )
         for name, reason in stopping:
             placement = self.cameras.pop(name)
             try:

@@ -154,6 +154,34 @@ def open_event_sinks(config: DaemonConfig, metrics: DaemonMetrics, cameras: tupl
     return EventSinks(log_file, snapshots, webhook, mqtt)
 
 
+def read_for_reload(config_loader: Callable[[], DaemonConfig] | None) -> DaemonConfig | None:
+    """The config file read again for a reload, or None (one logged line) when the reload is refused."""
+    if config_loader is None:
+        log.error("reload refused: this daemon was started without a config file to read again")
+        return None
+    try:
+        return config_loader()
+    except ConfigError as error:
+        log.error("reload refused, the running config stays: %s", error)
+    except OSError as error:
+        log.error("reload refused, the running config stays: %s", error.strerror or error)
+    return None
+
+
+def camera_changes(
+    running: dict[str, CameraConfig], new: DaemonConfig
+) -> tuple[dict[str, CameraConfig], list[tuple[str, str]]]:
+    """(the enabled cameras of ``new`` by name, [(running camera, "removed" | "reconfigured")]): what a
+    reload stops; cameras of ``new`` not running, or stopped here, are the ones it starts."""
+    wanted = {camera.name: camera for camera in new.cameras if camera.enabled}
+    changes = [
+        (name, "removed" if name not in wanted else "reconfigured")
+        for name, config in running.items()
+        if name not in wanted or wanted[name] != config
+    ]
+    return wanted, changes
+
+
 def sections_needing_restart(old: DaemonConfig, new: DaemonConfig, sections: tuple[str, ...]) -> list[str]:
     """The tables a reload cannot apply that differ between the running config and the file."""
     return [section for section in sections if getattr(new, section, None) != getattr(old, section, None)]
@@ -292,29 +320,15 @@ class Daemon:
 
     def reload(self) -> bool:
         """Apply the config file as it is now (see the module docstring); False if it was refused."""
-        if self.config_loader is None:
-            log.error("reload refused: this daemon was started without a config file to read again")
-            return False
-        try:
-            new = self.config_loader()
-        except ConfigError as error:
-            log.error("reload refused, the running config stays: %s", error)
-            return False
-        except OSError as error:
-            log.error("reload refused, the running config stays: %s", error.strerror or error)
+        new = read_for_reload(self.config_loader)
+        if new is None:
             return False
         old_cameras = {run.config.name: run for run in self.runs}
-        wanted = {camera.name: camera for camera in new.cameras if camera.enabled}
+        wanted, changes = camera_changes({name: run.config for name, run in old_cameras.items()}, new)
         now_ms = time.monotonic() * 1000.0
-        kept: list[_CameraRun] = []
-        stopping: list[tuple[_CameraRun, str]] = []
-        for name, run in old_cameras.items():
-            if name not in wanted:
-                stopping.append((run, "removed"))
-            elif wanted[name] != run.config:
-                stopping.append((run, "reconfigured"))
-            else:
-                kept.append(run)
+        stopping: list[tuple[_CameraRun, str]] = [(old_cameras[name], reason) for name, reason in changes]
+        stopped = dict(changes)
+        kept = [run for name, run in old_cameras.items() if name not in stopped]
         for run, reason in stopping:
             for event in run.events.close_all(now_ms):
                 self._emit(run, event, run.last_result, reason=reason)

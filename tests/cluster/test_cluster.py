@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.test_daemon import e2e_header, read_events
+from tests.daemon.test_daemon import e2e_header, read_events, stop_daemon
 from tests.daemon.test_mqtt import MOSQUITTO, Broker, Subscriber
 from tools import rtsp_server
 from tools.waiting import wait_until
@@ -202,12 +202,7 @@ def test_cameras_survive_a_node_and_a_replica_dying_with_no_event_lost_or_repeat
         assert wait_until(lambda: health()["cameras"]["extra"]["placement"] == "unplaceable", 40), health()
         assert all_watched_but("extra")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            returncode = process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            returncode = None
+        returncode = stop_daemon(process, 60)
         subscriber.close()
         broker.stop()
         if ray.is_initialized():

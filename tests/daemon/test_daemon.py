@@ -37,6 +37,16 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def stop_daemon(process: subprocess.Popen, timeout_s: float) -> int | None:
+    """SIGTERM, then its exit code; None (and killed) if it did not exit within ``timeout_s``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return None
+
+
 class WebhookReceiver:
     """Our own webhook target on 127.0.0.1; ``delay_s`` makes it a slow one."""
 
@@ -434,12 +444,7 @@ def test_rtsp_cameras_survive_a_server_restart_and_sigterm_closes_everything(tmp
         assert 'stream_detector_camera_up{camera="refused"} 0.0' in exposition
         assert "stream_detector_inference_seconds_count" in exposition
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            returncode = process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            returncode = None
+        returncode = stop_daemon(process, 15)
         silent.close()
 
     assert returncode == 0
@@ -585,12 +590,7 @@ def test_sighup_reloads_the_config_of_a_running_daemon_and_sigterm_is_bounded(tm
     finally:
         # The silent camera sits in a blocked open (4 s timeout): the stop waits for it, no longer.
         stopped_at = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        try:
-            returncode = process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            returncode = None
+        returncode = stop_daemon(process, 30)
         stop_took = time.monotonic() - stopped_at
         silent.close()
     assert returncode == 0
