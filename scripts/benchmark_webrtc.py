@@ -76,6 +76,7 @@ class RunFigures:
     classified_hz_per_face_mean: float = 0.0
     smallest_face_judged_px: float | None = None
     return_max_width: int = 0
+    variant: str = "current"
 
 
 def face_frames(count: int, phase: float) -> list[np.ndarray]:
@@ -265,18 +266,46 @@ async def measure(
     )
 
 
+# What the server did before 2026-12-02: every tile of every large frame searched, every face at
+# --classify-hz, and the classifier on each frame's own path.
+BASELINE_ARGUMENTS = ["--tiles-every-ms", "0", "--classify-budget", "0", "--inline-classification"]
+
+
 async def benchmark(arguments: argparse.Namespace) -> list[RunFigures]:
-    """Every run once per ``--return-max-width`` (each its own server), in this one invocation."""
+    """Every run once per ``--return-max-width`` (each its own server), in this one invocation; with
+    ``--baseline`` first once more on a server as it was before (BASELINE_ARGUMENTS), and the ratios."""
     results = []
-    for width in arguments.return_max_width:
-        print(f"serve --return-max-width {width}:", flush=True)
-        for figures in await benchmark_one(arguments, width):
+    variants = [("baseline", arguments.return_max_width[0], BASELINE_ARGUMENTS)] if arguments.baseline else []
+    variants += [("current", width, []) for width in arguments.return_max_width]
+    for label, width, extra in variants:
+        print(f"serve --return-max-width {width} {' '.join(extra)} ({label}):", flush=True)
+        for figures in await benchmark_one(arguments, width, extra):
             figures.return_max_width = width
+            figures.variant = label
             results.append(figures)
+    if arguments.baseline:
+        width = arguments.return_max_width[0]
+        before = [figures for figures in results if figures.variant == "baseline"]
+        after = [
+            figures
+            for figures in results
+            if figures.variant == "current" and figures.return_max_width == width
+        ]
+        for old, new in zip(before, after, strict=True):
+            what = f"{old.gallery_faces} face(s)" if old.gallery_faces else f"{old.peers} peer(s)"
+            print(
+                f"ratio current / baseline, {what}: fps x{new.fps_per_peer / max(old.fps_per_peer, 1e-9):.2f}, "
+                f"latency p50 x{new.latency_p50_ms / max(old.latency_p50_ms, 1e-9):.2f}, "
+                f"p95 x{new.latency_p95_ms / max(old.latency_p95_ms, 1e-9):.2f}, "
+                f"server CPU x{new.server_cpu_cores / max(old.server_cpu_cores, 1e-9):.2f}",
+                flush=True,
+            )
     return results
 
 
-async def benchmark_one(arguments: argparse.Namespace, return_max_width: int) -> list[RunFigures]:
+async def benchmark_one(
+    arguments: argparse.Namespace, return_max_width: int, extra: list[str]
+) -> list[RunFigures]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [
@@ -299,6 +328,7 @@ async def benchmark_one(arguments: argparse.Namespace, return_max_width: int) ->
         str(arguments.classify_hz),
         "--return-max-width",
         str(return_max_width),
+        *extra,
     ]
     server = subprocess.Popen(command, cwd=REPOSITORY, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     receiver = contextlib.nullcontext() if arguments.stock_receiver else marker_frame_assembly()
@@ -370,6 +400,12 @@ def main() -> int:
         nargs="+",
         default=[1280],
         help="server's --return-max-width, one full set of runs each (e.g. 0 1280: as received vs scaled)",
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="first run everything on a server as it was before 2026-12-02 (every tile searched in "
+        "every frame, no classification budget, classification inline) and print the ratios",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     arguments = parser.parse_args()

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import ssl
+from dataclasses import replace
 
 from stream_detector.apps.arguments import add_engine_arguments
 from stream_detector.errors import StreamDetectorError
@@ -50,6 +51,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_engine_arguments(parser, classify_hz=15.0)
     parser.add_argument(
+        "--classify-budget",
+        type=float,
+        default=30.0,
+        help="classifications per second per call, shared by its faces: a 4-face gallery gets 7.5 Hz "
+        "each, in turns, one face keeps --classify-hz (default 30; 0: no limit)",
+    )
+    parser.add_argument(
+        "--inline-classification",
+        action="store_true",
+        help="classify on each frame's own path, so a returned frame carries its own faces' scores "
+        "(default: on a thread of its own, scores land a frame or two later and frames come back sooner)",
+    )
+    parser.add_argument(
+        "--tiles-every-ms",
+        type=float,
+        default=1000.0,
+        help="a frame wider than 1600 px is searched tile by tile this often; in between, faces the "
+        "whole frame misses are looked for where they were (default 1000; 0: every frame)",
+    )
+    parser.add_argument(
         "--max-upload-mb", type=float, default=200.0, help="largest file /scan accepts (default 200)"
     )
     parser.add_argument(
@@ -71,6 +92,14 @@ def _check(args: argparse.Namespace) -> None:
         raise StreamDetectorError(f"--max-upload-mb must be positive, not {args.max_upload_mb}")
     if args.classify_hz < 0:
         raise StreamDetectorError(f"--classify-hz must be >= 0, not {args.classify_hz}")
+    if not 0 <= args.classify_budget <= 1000:
+        raise StreamDetectorError(
+            f"--classify-budget must be 0 (no limit) to 1000, not {args.classify_budget}"
+        )
+    if not 0 <= args.tiles_every_ms <= 60000:
+        raise StreamDetectorError(
+            f"--tiles-every-ms must be 0 (every frame) to 60000, not {args.tiles_every_ms}"
+        )
     if args.keyfile and not args.certfile:
         raise StreamDetectorError("--keyfile needs --certfile")
 
@@ -112,7 +141,12 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not settings.token:
         log.warning("serving on %s without --token: anyone who can reach it can use it", args.host)
 
-    engine_settings = settings_from_arguments(args)
+    engine_settings = replace(
+        settings_from_arguments(args),
+        classify_budget_hz=args.classify_budget,
+        tiles_every_ms=args.tiles_every_ms,
+        classify_in_background=not args.inline_classification,
+    )
     # Peers come and go: a shared pool of detectors makes a new peer's first frame as fast as any.
     engine = build_engine(engine_settings, shared_detectors=True)
     # MediaPipe and the classifier start in seconds; pay that now, not on the first caller's frames.

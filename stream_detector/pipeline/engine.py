@@ -21,6 +21,10 @@ in the call as one batch -> smooth per track -> verdicts.
 - Rate: a face is due when it is new, or when ``1000 / classify_hz`` ms have passed since its last
   classification (``classify_hz=0``: every frame). Detection and tracking run on every frame, so the box
   follows the face at the full frame rate while the classifier runs at a fixed cost per face.
+- Budget: with ``classify_budget_hz``, a source's faces share that many classifications per second
+  (each face's rate is ``min(classify_hz, budget / faces)``), spent from a token bucket: when more
+  faces are due than the bucket holds, the longest-waiting go first and the others in the next frames,
+  so a gallery's faces are classified in turns instead of all in one slow frame.
 - Quality: a face whose box is smaller than ``min_verdict_face_size`` px, or whose crop is blurred
   (``crop_sharpness`` below ``min_sharpness``), is not classified; its verdict decays to UNCERTAIN
   (see smoothing.py) instead of resting on a guess.
@@ -35,11 +39,12 @@ overlay.py. ``PerformanceMeter`` turns per-frame latencies into the HUD's fps an
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -51,6 +56,8 @@ from stream_detector.pipeline.smoothing import Smoother, SmootherSettings
 from stream_detector.pipeline.tracking import Tracker, TrackerSettings, appearance_descriptor
 from stream_detector.pipeline.types import Classifier, FaceDetector, Frame, TrackedFace, Verdict
 from stream_detector.settings import setting
+
+log = logging.getLogger(__name__)
 
 STAGES = ("detect", "track", "crop", "classify", "smooth")
 
@@ -72,6 +79,13 @@ class EngineSettings:
         minimum=0,
         maximum=16384,
     )
+    tiles_every_ms: float = setting(
+        1000.0,
+        "ms between tiled searches; in between, faces the whole frame misses are looked for where they "
+        "were; 0 = every frame",
+        minimum=0.0,
+        maximum=60000.0,
+    )
     min_verdict_face_size: int = setting(
         48, "px; smaller faces are tracked and shown but stay UNCERTAIN", minimum=1, maximum=4096
     )
@@ -83,6 +97,17 @@ class EngineSettings:
     )
     classify_hz: float = setting(
         15.0, "classifications per second per face; 0 = every frame", minimum=0.0, maximum=60.0
+    )
+    classify_budget_hz: float = setting(
+        0.0,
+        "classifications per second per source, shared by its faces (a call gallery); 0 = no limit",
+        minimum=0.0,
+        maximum=1000.0,
+    )
+    classify_in_background: bool = setting(
+        False,
+        "classify on a thread of its own: a frame comes back after detection and tracking, and its "
+        "faces' scores land on a later frame (a live call, where latency counts more than one frame)",
     )
     backend: str = setting(
         "auto",
@@ -156,6 +181,11 @@ class _SourceState:
     smoother: Smoother
     next_due_ms: dict[int, float] = field(default_factory=dict)
     rate: RateMeter = field(default_factory=RateMeter)
+    # The classification budget's token bucket (classify_budget_hz): tokens left, and when counted.
+    tokens: float | None = None
+    tokens_ms: float = 0.0
+    # classify_in_background: scores finished on the classifier's thread, for the next frame.
+    finished_scores: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -191,6 +221,11 @@ class Engine:
         self._lock = threading.RLock()
         self._pool: ThreadPoolExecutor | None = None
         self.classified_total = 0
+        # classify_in_background: one job at a time on its own thread; frames that arrive while it
+        # runs take no crops (their faces stay due), so the classifier never queues up work.
+        self._background: ThreadPoolExecutor | None = None
+        self._background_job: Future | None = None
+        self._finished_lock = threading.Lock()
 
     @property
     def backend(self) -> str:
@@ -233,33 +268,83 @@ class Engine:
                 self._detect_and_crop(frame, state) for frame, state in zip(frames, states, strict=True)
             ]
         crops = [crop for item in pending for crop in item[1]]
+        if self.settings.classify_in_background:
+            if crops:
+                self._start_background_job([item for item, _ in pending], crops)
+            results = []
+            for item, _ in pending:
+                item.timings["classify"] = 0.0
+                with self._finished_lock:
+                    finished, item.state.finished_scores = item.state.finished_scores, {}
+                present = {face.id for face in item.faces}
+                results.append(
+                    self._smooth(item, {key: value for key, value in finished.items() if key in present})
+                )
+            return results
         started = time.perf_counter()
-        scores = (
-            np.asarray(self.classifier.classify(np.stack(crops)), np.float32).reshape(-1)
-            if crops
-            else np.zeros((0,), np.float32)
-        )
+        scores = self._classify(crops)
         classify_ms = (time.perf_counter() - started) * 1000.0
-        if len(scores) != len(crops):
-            raise RuntimeError(
-                f"classifier {self.backend} returned {len(scores)} scores for {len(crops)} crops"
-            )
-        self.classified_total += len(crops)
         results = []
         offset = 0
         for item, item_crops in pending:
             item_scores = scores[offset : offset + len(item_crops)]
             offset += len(item_crops)
             item.timings["classify"] = classify_ms if len(item_crops) else 0.0
-            # A NaN is a crop the classifier could not score (a remote replica gone): that face keeps
-            # its smoothed verdict, as between classifications, instead of taking a made-up score.
-            scored = {
-                track_id: score
-                for track_id, score in zip(item.due_ids, item_scores, strict=True)
-                if math.isfinite(score)
-            }
-            results.append(self._smooth(item, scored))
+            results.append(self._smooth(item, self._scored(item.due_ids, item_scores)))
         return results
+
+    def _classify(self, crops: list[np.ndarray]) -> np.ndarray:
+        scores = (
+            np.asarray(self.classifier.classify(np.stack(crops)), np.float32).reshape(-1)
+            if crops
+            else np.zeros((0,), np.float32)
+        )
+        if len(scores) != len(crops):
+            raise RuntimeError(
+                f"classifier {self.backend} returned {len(scores)} scores for {len(crops)} crops"
+            )
+        self.classified_total += len(crops)
+        return scores
+
+    @staticmethod
+    def _scored(due_ids: Sequence[int], scores: np.ndarray) -> dict[int, float]:
+        # A NaN is a crop the classifier could not score (a remote replica gone): that face keeps
+        # its smoothed verdict, as between classifications, instead of taking a made-up score.
+        return {
+            track_id: float(score)
+            for track_id, score in zip(due_ids, scores, strict=True)
+            if math.isfinite(score)
+        }
+
+    def _background_busy(self) -> bool:
+        return self._background_job is not None and not self._background_job.done()
+
+    def _start_background_job(self, items: Sequence[_Pending], crops: list[np.ndarray]) -> None:
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="engine-classify")
+        owners = [(item.state, item.due_ids) for item in items if item.due_ids]
+
+        def job() -> None:
+            try:
+                scores = self._classify(crops)
+            except Exception:
+                log.exception("classifying %d crops failed; their faces keep their verdicts", len(crops))
+                return
+            offset = 0
+            for state, due_ids in owners:
+                scored = self._scored(due_ids, scores[offset : offset + len(due_ids)])
+                offset += len(due_ids)
+                with self._finished_lock:
+                    state.finished_scores.update(scored)
+
+        self._background_job = self._background.submit(job)
+
+    def wait_for_classification(self, timeout: float = 10.0) -> None:
+        """Until the background classification in flight (if any) has finished: its scores land on
+        the next frame of each source (tests; shutting down)."""
+        job = self._background_job
+        if job is not None:
+            job.result(timeout)
 
     def _state(self, source_id: str) -> _SourceState:
         state = self._sources.get(source_id)
@@ -290,19 +375,35 @@ class Engine:
         after_track = time.perf_counter()
         timings["track"] = (after_track - after_detect) * 1000.0
 
-        period_ms = 1000.0 / settings.classify_hz if settings.classify_hz > 0 else 0.0
-        due_ids: list[int] = []
-        unusable: set[int] = set()
-        crops: list[np.ndarray] = []
-        for face in faces:
-            x1, y1, x2, y2 = face.box
-            if min(x2 - x1, y2 - y1) < settings.min_verdict_face_size:
-                unusable.add(face.id)
-                continue
+        judged = [
+            face
+            for face in faces
+            if min(face.box[2] - face.box[0], face.box[3] - face.box[1]) >= settings.min_verdict_face_size
+        ]
+        unusable: set[int] = {face.id for face in faces} - {face.id for face in judged}
+        rate_hz = settings.classify_hz
+        budget = settings.classify_budget_hz
+        if budget > 0 and judged:
+            share = budget / len(judged)
+            rate_hz = min(rate_hz, share) if rate_hz > 0 else share
+        period_ms = 1000.0 / rate_hz if rate_hz > 0 else 0.0
+        due: list[TrackedFace] = []
+        for face in judged:
             next_due = state.next_due_ms.get(face.id)
             # A quarter-period of slack so camera jitter does not skip a whole frame's worth of rate.
-            if next_due is not None and frame.timestamp_ms < next_due - 0.25 * period_ms:
-                continue
+            if next_due is None or frame.timestamp_ms >= next_due - 0.25 * period_ms:
+                due.append(face)
+        if settings.classify_in_background and self._background_busy():
+            due = []  # the classifier is still on earlier crops: these faces stay due
+        if budget > 0:
+            # New faces first (a first verdict soon), then the longest overdue.
+            due.sort(key=lambda face: state.next_due_ms.get(face.id, -math.inf))
+            allowed = self._spend_budget(state, frame.timestamp_ms, budget, len(judged), len(due))
+            due = due[:allowed]
+        due_ids: list[int] = []
+        crops: list[np.ndarray] = []
+        for face in due:
+            next_due = state.next_due_ms.get(face.id)
             # Credit-based: the next due time follows the schedule, not the frame that happened to
             # land, so the average rate is classify_hz; never let a stall bank a burst of credit.
             base = frame.timestamp_ms if next_due is None else next_due
@@ -315,6 +416,21 @@ class Engine:
             crops.append(crop)
         timings["crop"] = (time.perf_counter() - after_track) * 1000.0
         return _Pending(frame, state, faces, due_ids, unusable, timings), crops
+
+    @staticmethod
+    def _spend_budget(state: _SourceState, now_ms: float, budget_hz: float, faces: int, wanted: int) -> int:
+        """How many of ``wanted`` due faces this frame may classify: tokens accrue at ``budget_hz``,
+        one per classification; at most one token is carried from frame to frame, so the faces take
+        turns instead of saving up for one slow frame. A new source starts with one per face."""
+        if state.tokens is None or now_ms < state.tokens_ms:
+            state.tokens = float(max(1, faces))  # a new source (or a restarted clock): a full round
+        else:
+            earned = budget_hz * (now_ms - state.tokens_ms) / 1000.0
+            state.tokens = min(state.tokens, 1.0) + earned
+        state.tokens_ms = now_ms
+        allowed = min(wanted, int(state.tokens + 1e-9))
+        state.tokens -= allowed
+        return allowed
 
     def _smooth(self, item: _Pending, scores: Mapping[int, float]) -> FrameResult:
         started = time.perf_counter()
@@ -358,8 +474,10 @@ class Engine:
         with self._lock:
             states, self._sources = list(self._sources.values()), {}
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+            background, self._background = self._background, None
+        for executor in (pool, background):
+            if executor is not None:
+                executor.shutdown(wait=True)
         for state in states:
             _close(state.detector)
         for resource in self._owned:
@@ -418,9 +536,20 @@ def build_engine(
         detector = make_plain_detector(video_mode)
         if settings.tile_above_px <= 0:
             return detector
-        return TiledFaceDetector(detector, lambda: make_plain_detector(False), settings.tile_above_px)
+        return TiledFaceDetector(
+            detector, lambda: make_plain_detector(False), settings.tile_above_px, settings.tiles_every_ms
+        )
 
     if shared_detectors:
-        pool = DetectorPool(lambda: make_detector(False), size=max(1, settings.threads))
-        return Engine(pool.handle, classifier, settings, owned=(pool,))
+        pool = DetectorPool(lambda: make_plain_detector(False), size=max(1, settings.threads))
+
+        def pooled_detector() -> FaceDetector:
+            # The tiled search remembers where each source's faces were, so it is the source's own;
+            # the MediaPipe graphs it calls, for the whole frame and for tiles, are the pool's.
+            handle = pool.handle()
+            if settings.tile_above_px <= 0:
+                return handle
+            return TiledFaceDetector(handle, pool.handle, settings.tile_above_px, settings.tiles_every_ms)
+
+        return Engine(pooled_detector, classifier, settings, owned=(pool,))
     return Engine(lambda: make_detector(video), classifier, settings)

@@ -267,20 +267,78 @@ def merge_detections(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
     return Faces(boxes[kept], scores[kept])
 
 
+def search_window(box: np.ndarray, width: int, height: int, factor: float = 3.0) -> tuple[int, int, int, int]:
+    """The window (x1, y1, x2, y2) a face found before is looked for in again: ``factor`` times its
+    side, centred on it and clipped to the frame, so the face is large in the detector's input."""
+    x1, y1, x2, y2 = (float(value) for value in box)
+    half = 0.5 * factor * max(x2 - x1, y2 - y1)
+    centre_x, centre_y = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
+    return (
+        max(0, int(centre_x - half)),
+        max(0, int(centre_y - half)),
+        min(width, int(centre_x + half)),
+        min(height, int(centre_y + half)),
+    )
+
+
+def _overlaps(box: np.ndarray, others: np.ndarray) -> bool:
+    """Whether ``box`` and any of ``others`` share at least a third of the smaller one's area."""
+    if len(others) == 0:
+        return False
+    ix1 = np.maximum(box[0], others[:, 0])
+    iy1 = np.maximum(box[1], others[:, 1])
+    ix2 = np.minimum(box[2], others[:, 2])
+    iy2 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    other_areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return bool(np.any(inter >= np.minimum(area, other_areas) / 3.0))
+
+
 class TiledFaceDetector:
-    """A FaceDetector that also searches large frames tile by tile.
+    """A FaceDetector that also searches large frames tile by tile, one per source.
 
     BlazeFace sees the whole frame at 128-192 px: in a shared 1080p call gallery a tile's face is then
     ~15 px and often missed (one of four in a plain 2x2 grid). Frames wider than ``tile_above_px`` are
     searched whole and in overlapping windows (tile_windows), each window by an IMAGE-mode detector, and
     the boxes merged (merge_detections). Smaller frames go to ``inner`` alone, unchanged.
+
+    The tiled search runs once every ``tiles_every_ms`` of the source's time (a call's participants
+    come and go in seconds, not frames). In between, every face the last search found that the whole
+    frame misses is looked for again in a window around where it was last (search_window): one small
+    detector call per missed face instead of a pass over every tile. Where that would take more calls
+    than the tiles, the tiles are searched instead. A face neither finds is dropped until the next tiled
+    search (the tracker bridges the gap).
     """
 
-    def __init__(self, inner, tile_detector_factory: Callable[[], FaceDetector], tile_above_px: int) -> None:
+    def __init__(
+        self,
+        inner,
+        tile_detector_factory: Callable[[], FaceDetector],
+        tile_above_px: int,
+        tiles_every_ms: float = 1000.0,
+    ) -> None:
         self._inner = inner
         self._tile_factory = tile_detector_factory
         self._tiles: FaceDetector | None = None  # made on the first large frame: 720p never pays for it
         self.tile_above_px = tile_above_px
+        self.tiles_every_ms = tiles_every_ms
+        self._last_tiled_ms: float | None = None
+        self._known = np.zeros((0, 4), np.float32)  # every face of the last search, where last seen
+        self.tiled_searches = 0
+        self.window_searches = 0
+
+    def _detect_in(self, frame: Frame, window: tuple[int, int, int, int]) -> Faces:
+        if self._tiles is None:
+            self._tiles = self._tile_factory()
+        x1, y1, x2, y2 = window
+        part = Frame(
+            np.ascontiguousarray(frame.image[y1:y2, x1:x2]), frame.index, frame.timestamp_ms, frame.source_id
+        )
+        found = self._tiles.detect(part)
+        if not len(found):
+            return found
+        return Faces(found.boxes + np.array([x1, y1, x1, y1], np.float32), found.scores)
 
     def detect(self, frame: Frame) -> Faces:
         whole = self._inner.detect(frame)
@@ -288,21 +346,32 @@ class TiledFaceDetector:
         windows = tile_windows(width, height, self.tile_above_px)
         if not windows:
             return whole
-        if self._tiles is None:
-            self._tiles = self._tile_factory()
+        missed = [box for box in self._known if not _overlaps(box, whole.boxes)]
+        due = (
+            self._last_tiled_ms is None
+            or frame.timestamp_ms - self._last_tiled_ms >= self.tiles_every_ms
+            or frame.timestamp_ms < self._last_tiled_ms  # a source whose clock restarted
+            or len(missed) > len(windows)
+        )
         boxes, scores = [whole.boxes], [whole.scores]
-        for x1, y1, x2, y2 in windows:
-            tile = Frame(
-                np.ascontiguousarray(frame.image[y1:y2, x1:x2]),
-                frame.index,
-                frame.timestamp_ms,
-                frame.source_id,
-            )
-            found = self._tiles.detect(tile)
-            if len(found):
-                boxes.append(found.boxes + np.array([x1, y1, x1, y1], np.float32))
+        if due:
+            self._last_tiled_ms = frame.timestamp_ms
+            self.tiled_searches += 1
+            for window in windows:
+                found = self._detect_in(frame, window)
+                boxes.append(found.boxes)
                 scores.append(found.scores)
-        return merge_detections(np.concatenate(boxes), np.concatenate(scores))
+        else:
+            for box in missed:
+                self.window_searches += 1
+                found = self._detect_in(frame, search_window(box, width, height))
+                # Only the face looked for: another one at the window's edge is the tiles' to find.
+                keep = [index for index, other in enumerate(found.boxes) if _overlaps(other, box[None])]
+                boxes.append(found.boxes[keep])
+                scores.append(found.scores[keep])
+        merged = merge_detections(np.concatenate(boxes), np.concatenate(scores))
+        self._known = merged.boxes.copy()
+        return merged
 
     def close(self) -> None:
         for detector in (self._inner, self._tiles):

@@ -92,7 +92,9 @@ class FileScanner:
         self, settings: EngineSettings, max_seconds: float | None = DEFAULT_MAX_SCAN_SECONDS
     ) -> None:
         # Like the scan command: every frame's faces are classified (no live rate limit).
-        self._settings = replace(settings, classify_hz=0.0)
+        self._settings = replace(
+            settings, classify_hz=0.0, classify_budget_hz=0.0, classify_in_background=False
+        )
         self._max_seconds = max_seconds
         self._video_engine: Engine | None = None
 

@@ -195,6 +195,84 @@ def test_classification_rate_is_limited_per_face():
     assert len(classifier.batches) < 120
 
 
+def test_a_gallery_shares_the_classification_budget_in_turns():
+    boxes = [(20 + 150 * column, 40, 120 + 150 * column, 140) for column in range(4)]
+    settings = EngineSettings(classify_hz=15, classify_budget_hz=30)
+    engine, classifier, _ = make_engine(lambda frame: boxes, settings)
+    frame_ms = 1000 / 12
+    results = [engine.process(Frame(textured(), index, index * frame_ms)) for index in range(36)]
+    # The first frame gives every face a first score at once.
+    assert classifier.batches[0] == 4 and len(results[0].classified_ids) == 4
+    # Then 30 per second in all (7.5 Hz per face over the 3 s), in turns: at most 3 per frame.
+    later = results[1:]
+    counts = {face_id: sum(face_id in result.classified_ids for result in later) for face_id in (1, 2, 3, 4)}
+    assert all(18 <= count <= 25 for count in counts.values()), counts
+    assert max(len(result.classified_ids) for result in later) <= 3
+    assert sum(counts.values()) <= 30 * 35 / 12 + 1
+    # Without the budget, every face is due in the same frames (4 at once, at 12 fps all the time).
+    engine, classifier, _ = make_engine(lambda frame: boxes, EngineSettings(classify_hz=15))
+    for index in range(36):
+        engine.process(Frame(textured(), index, index * frame_ms))
+    assert classifier.batches == [4] * 36
+
+
+def test_one_face_keeps_its_own_rate_under_a_budget():
+    settings = EngineSettings(classify_hz=15, classify_budget_hz=30)
+    engine, classifier, _ = make_engine(lambda frame: [(50, 50, 150, 150)], settings)
+    results = [engine.process(Frame(textured(), index, index * 1000 / 60)) for index in range(120)]
+    assert 28 <= sum(len(result.classified_ids) for result in results) <= 34  # 15 Hz over 2 s
+
+
+class BlockingClassifier(RecordingClassifier):
+    """Holds each call until ``release`` is set (a slow model), counting the calls in flight."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        assert self.release.wait(5.0)
+        return super().classify(crops)
+
+
+def test_in_the_background_frames_come_back_before_their_faces_are_scored():
+    boxes = [(50, 50, 150, 150), (300, 60, 400, 160)]
+    classifier = BlockingClassifier()
+    settings = EngineSettings(classify_hz=0, classify_in_background=True)
+    engine = Engine(lambda: ScriptedDetector(lambda frame: boxes), classifier, settings)
+    # The model is stuck on the first frame's crops, yet frames keep coming back, tracked, unscored.
+    results = [engine.process(Frame(textured(), index, index * 33.0)) for index in range(5)]
+    assert all(len(result.faces) == 2 and not result.classified_ids for result in results)
+    assert all(face.p_fake is None for result in results for face in result.faces)
+    assert classifier.batches == []  # one job in flight, none queued behind it
+    classifier.release.set()
+    engine.wait_for_classification()
+    assert classifier.batches == [2]
+    # The scores land on the next frame, and the faces become due again.
+    landed = engine.process(Frame(textured(), 5, 165.0))
+    assert landed.classified_ids == {1, 2}
+    assert all(face.p_fake == pytest.approx(200 / 255, abs=0.05) for face in landed.faces)
+    engine.wait_for_classification()
+    assert classifier.batches == [2, 2]
+    engine.close()
+
+
+def test_a_failing_background_classification_leaves_the_verdicts_and_the_engine_running(caplog):
+    class Failing(RecordingClassifier):
+        def classify(self, crops):
+            raise RuntimeError("model gone")
+
+    settings = EngineSettings(classify_hz=0, classify_in_background=True)
+    engine = Engine(lambda: ScriptedDetector(lambda frame: [(50, 50, 150, 150)]), Failing(), settings)
+    for index in range(3):
+        engine.process(Frame(textured(), index, index * 33.0))
+        engine.wait_for_classification()
+    result = engine.process(Frame(textured(), 3, 99.0))
+    assert len(result.faces) == 1 and not result.classified_ids
+    assert "classifying 1 crops failed" in caplog.text
+    engine.close()
+
+
 def test_every_frame_is_classified_with_rate_zero():
     engine, classifier, _ = make_engine(lambda frame: [(50, 50, 150, 150)], EngineSettings(classify_hz=0))
     for index in range(10):

@@ -797,9 +797,13 @@ def test_slots_are_freed_at_once_on_close_and_soon_when_ice_never_connects() -> 
 
 
 def test_a_stamp_is_read_back_from_a_frame_returned_smaller():
+    from stream_detector.webrtc.worker import FrameWorker
+
     image = np.full((1080, 1920, 3), 90, np.uint8)
     write_stamp(image, 2345)
-    smaller = cv2.resize(image, (1280, 720), interpolation=cv2.INTER_AREA)
+    # What the worker sends back: scaled, in the encoder's YUV 4:2:0.
+    returned = FrameWorker(annotator=None, return_max_width=1280)._returned(image)  # type: ignore[arg-type]
+    smaller = returned.to_ndarray(format="bgr24")
     assert read_stamp(smaller) is None
     assert read_stamp(smaller, scale=1280 / 1920) == 2345
 
@@ -808,8 +812,14 @@ def test_the_worker_sends_wide_frames_back_scaled_down_and_small_ones_as_they_ar
     from stream_detector.webrtc.worker import FrameWorker
 
     worker = FrameWorker(annotator=None, return_max_width=1280)  # type: ignore[arg-type]
-    wide = worker._returned(np.zeros((1080, 1920, 3), np.uint8))
-    assert wide.shape == (720, 1280, 3)
+    picture = np.zeros((1080, 1920, 3), np.uint8)
+    picture[100:200, 100:300] = (0, 0, 255)  # a red box, as the overlay draws
+    wide = worker._returned(picture)
+    assert (wide.width, wide.height, wide.format.name) == (1280, 720, "yuv420p")
+    back = wide.to_ndarray(format="bgr24")
+    assert np.abs(back[100:120, 80:180].astype(int) - (0, 0, 255)).max() < 40  # still red, where scaled
     small = np.zeros((480, 640, 3), np.uint8)
-    assert worker._returned(small) is small
-    assert FrameWorker(annotator=None)._returned(np.zeros((1080, 1920, 3), np.uint8)).shape[1] == 1920  # type: ignore[arg-type]
+    assert (worker._returned(small).width, worker._returned(small).height) == (640, 480)
+    odd = worker._returned(np.zeros((481, 641, 3), np.uint8))
+    assert (odd.width, odd.height) == (641, 481)
+    assert FrameWorker(annotator=None)._returned(picture).width == 1920  # type: ignore[arg-type]
