@@ -12,7 +12,8 @@ loopback. The senders receive like a browser does (a frame is complete at its RT
     .venv/bin/python scripts/benchmark_webrtc.py --gallery 1 4 9   # a shared 1920x1080 call at 15 fps
 
 ``--gallery N``: one peer sends what a shared call window looks like: 1920x1080 at 15 fps, a grid of
-N tiles (1, 2x2, 3x3) with a face in each; besides fps and latency it reports each face's
+N tiles (1, 2x2, 3x3) with a face in each (clips of ../shared/data/videos, real and face-swap
+alternating, where present; else the astronaut photo); besides fps and latency it reports each face's
 classification rate (from the messages' ``classified``) and the smallest face box judged.
 """
 
@@ -97,8 +98,62 @@ def face_frames(count: int, phase: float) -> list[np.ndarray]:
     return frames
 
 
+SHARED_VIDEOS = REPOSITORY.parent / "shared" / "data" / "videos"
+
+
+def gallery_clips(faces: int) -> list[Path]:
+    """Real and face-swap clips of ../shared/data/videos, alternating (real first), one per tile; []
+    when there are not enough of them."""
+    reals = sorted((SHARED_VIDEOS / "real").glob("*.mp4"))
+    fakes = sorted((SHARED_VIDEOS / "fake").glob("*.mp4")) + sorted(
+        (SHARED_VIDEOS / "dfdc-faces" / "fake").glob("*.mp4")
+    )
+    chosen = [clip for pair in zip(reals, fakes, strict=False) for clip in pair][:faces]
+    return chosen if len(chosen) == faces else []
+
+
+def clip_gallery_frames(clips: list[Path], count: int) -> list[np.ndarray]:
+    """A shared call window made from clips: 1920x1080, one clip per tile of a square grid, each
+    letterboxed into its tile, ``count`` frames (a clip shorter than that starts again)."""
+    side = int(np.ceil(np.sqrt(len(clips))))
+    tile_width, tile_height = SCREEN_WIDTH // side, SCREEN_HEIGHT // side
+    tiles = []
+    for clip in clips:
+        capture = cv2.VideoCapture(str(clip))
+        frames = []
+        while len(frames) < count:
+            ok, image = capture.read()
+            if not ok:
+                if not frames:
+                    raise SystemExit(f"cannot read {clip}")
+                capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                continue
+            height, width = image.shape[:2]
+            scale = min((tile_width - 8) / width, (tile_height - 8) / height)
+            frames.append(
+                cv2.resize(image, (int(width * scale), int(height * scale)), interpolation=cv2.INTER_AREA)
+            )
+        capture.release()
+        tiles.append(frames)
+    gallery = []
+    for index in range(count):
+        frame = np.full((SCREEN_HEIGHT, SCREEN_WIDTH, 3), 32, np.uint8)
+        for tile, frames in enumerate(tiles):
+            row, column = divmod(tile, side)
+            image = frames[index]
+            x = column * tile_width + (tile_width - image.shape[1]) // 2
+            y = row * tile_height + (tile_height - image.shape[0]) // 2
+            frame[y : y + image.shape[0], x : x + image.shape[1]] = image
+        gallery.append(frame)
+    return gallery
+
+
 def gallery_frames(faces: int, count: int = 60) -> list[np.ndarray]:
-    """A shared call window: 1920x1080, a grid of ``faces`` tiles (1, 4 = 2x2, 9 = 3x3), a face in each."""
+    """A shared call window: 1920x1080, a grid of ``faces`` tiles (1, 4 = 2x2, 9 = 3x3), a face in each:
+    the shared clips (real and face-swap, alternating) where ../shared has them, else one photo."""
+    clips = gallery_clips(faces)
+    if clips:
+        return clip_gallery_frames(clips, count)
     import skimage.data
 
     photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
