@@ -134,6 +134,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--learning-rate", type=float, default=3e-4, help="peak learning rate (fine-tuning from --init-from)"
     )
     parser.add_argument(
+        "--dense-dropout",
+        type=float,
+        default=0.5,
+        help="dropout rate of the three dense layers while training (the shipped file keeps the "
+        "reference's 0.5 layers: dropout does nothing at inference)",
+    )
+    parser.add_argument(
         "--limit", type=int, default=0, help="use at most this many images per source (smoke runs)"
     )
     parser.add_argument(
@@ -211,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         raise StreamDetectorError(
             f"--consistency-weight must be 0 (off) or more, not {arguments.consistency_weight}"
         )
+    if not 0.0 <= arguments.dense_dropout < 1.0:
+        raise StreamDetectorError(f"--dense-dropout must be in [0, 1), not {arguments.dense_dropout}")
     if arguments.consistency_weight > 0 and arguments.batch_size % 2:
         raise StreamDetectorError(
             f"--batch-size {arguments.batch_size} is odd: consistency pairs need an even batch "
@@ -352,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             patches=arguments.low_mode == "patch",
             consistency_weight=arguments.consistency_weight,
         )
-        model = build_model(input_size=None)
+        model = build_model(input_size=None, dropout=arguments.dense_dropout)
         if arguments.init_from:
             from stream_detector.pipeline.model import load_keras_model  # a missing file: one line
 
@@ -391,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             "init_from": str(arguments.init_from) if arguments.init_from else None,
             "keep_in_train": str(arguments.keep_in_train) if arguments.keep_in_train else None,
             "limit": arguments.limit,
+            "dense_dropout": arguments.dense_dropout,
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
         result = train(
@@ -446,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "without_fakes_of": sorted(arguments.without_fakes_of),
         "init_from": str(arguments.init_from) if arguments.init_from else None,
         "keep_in_train": str(arguments.keep_in_train) if arguments.keep_in_train else None,
+        "dense_dropout": arguments.dense_dropout,
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

@@ -41,13 +41,20 @@ def model_dir() -> Path:
     )
 
 
-def build_model(input_size: int | None = CROP_SIZE, initializer: str = "he_normal", unit_scale: bool = False):
+def build_model(
+    input_size: int | None = CROP_SIZE,
+    initializer: str = "he_normal",
+    unit_scale: bool = False,
+    dropout: float = 0.5,
+):
     """The reference architecture with one sigmoid unit meaning p(fake).
 
     ``input_size=None`` builds the same weights for any square input (global pooling makes the
     convolutions size-agnostic), which training uses for its cheaper low-resolution epochs.
     ``initializer="glorot_uniform"`` is Keras' default and ``unit_scale`` scales pixels to [0, 1],
-    both as the reference project had it; ours are He-normal and [-1, 1].
+    both as the reference project had it; ours are He-normal and [-1, 1]. ``dropout`` is the rate of
+    the three dense layers' Dropout while training (the reference's 0.5 is what ships: at inference a
+    Dropout layer passes its input through, so the rate trained with changes no prediction).
     """
     import keras
     from keras import layers
@@ -77,7 +84,7 @@ def build_model(input_size: int | None = CROP_SIZE, initializer: str = "he_norma
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     for index, units in enumerate((400, 512, 400), start=1):
         x = layers.Dense(units, kernel_initializer=initializer, name=f"dense{index}")(x)
-        x = layers.Dropout(0.5, name=f"dropout{index}")(x)
+        x = layers.Dropout(dropout, name=f"dropout{index}")(x)
         x = layers.ReLU(name=f"relu_dense{index}")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
     return keras.Model(inputs, outputs, name="stream_detector_cnn")

@@ -138,7 +138,16 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
         "1",
     ]
     # Noise has no face landmarks to blend (that refusal is tested below).
-    arguments += ["--low-size", "64", "--batch-size", "8", "--no-self-blend", *common]
+    arguments += [
+        "--low-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--no-self-blend",
+        "--dense-dropout",
+        "0.1",
+        *common,
+    ]
     assert load_script("train").main(arguments) == 0
     assert {path.name for path in out.iterdir()} >= {
         "detector.keras",
@@ -150,6 +159,12 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
     test_files = record["splits"]["test"]["toy"]
     assert test_files and all(name.startswith("toy/") for name in test_files)
     assert record["calibration"]["method"] == "platt" and record["total_minutes"] > 0
+    # Trained with a lighter dropout, shipped with the reference's layers (dropout is off at inference).
+    import keras
+
+    shipped = keras.models.load_model(out / "detector.keras", compile=False)
+    assert record["dense_dropout"] == 0.1
+    assert [layer.rate for layer in shipped.layers if type(layer).__name__ == "Dropout"] == [0.5] * 3
     # The engine's FAKE threshold is checked against this number (tests/test_smoothing.py).
     assert 0.0 < record["calibration"]["fake_threshold_at_1pct_false_alarms"] < 1.0
     report_path = tmp_path / "report.json"
@@ -163,7 +178,11 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
 
 @pytest.mark.parametrize(
     ("arguments", "named"),
-    [(["--consistency-weight", "-1"], "--consistency-weight"), (["--batch-size", "31"], "--batch-size 31")],
+    [
+        (["--consistency-weight", "-1"], "--consistency-weight"),
+        (["--batch-size", "31"], "--batch-size 31"),
+        (["--dense-dropout", "1"], "--dense-dropout"),
+    ],
 )
 def test_train_refuses_bad_consistency_settings_in_one_line(arguments, named, tmp_path):
     with pytest.raises(StreamDetectorError, match=named):
