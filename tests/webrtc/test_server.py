@@ -659,11 +659,15 @@ def test_serve_arguments_are_checked_before_anything_loads(capsys: pytest.Captur
     assert main(["serve", "--port", "70000"]) == 2
     assert main(["serve", "--max-peers", "0"]) == 2
     assert main(["serve", "--keyfile", "key.pem"]) == 2
+    assert main(["serve", "--classify-budget", "-1"]) == 2
+    assert main(["serve", "--tiles-every-ms", "-5"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == [
         "stream-detector serve: error: --port must be 0..65535, not 70000",
         "stream-detector serve: error: --max-peers must be at least 1, not 0",
         "stream-detector serve: error: --keyfile needs --certfile",
+        "stream-detector serve: error: --classify-budget must be 0 (no limit) to 1000, not -1.0",
+        "stream-detector serve: error: --tiles-every-ms must be 0 (every frame) to 60000, not -5.0",
     ]
 
 
