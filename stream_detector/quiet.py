@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 import warnings
+from typing import Self
 
 # The libraries' own switches, set before they are imported (setdefault: a user's choice wins).
 QUIET_ENVIRONMENT = {
@@ -58,16 +59,41 @@ def _without_noise(segment: bytes, separator: bytes) -> bytes:
     return segment[: match.start()]
 
 
-class _DescriptorFilter:
-    def __init__(self) -> None:
+class StderrPipe:
+    """File descriptor 2 made a pipe, read by a thread that hands each segment written to ``handle``.
+
+    Native libraries write to fd 2 from C++, past Python's ``sys.stderr``; only at the descriptor can
+    their lines be seen. A segment ends at a match of ``separator`` (handed over with it) or, for a
+    writer that never ends its line, after ``max_pending`` bytes; what is left at the end comes with an
+    empty separator. ``stop`` points fd 2 back at the original, which closes the pipe's last write end:
+    the reader drains what was written before it and ends. Subclasses: the terminal's noise filter
+    (below) and the daemon's one-log-record-per-line (daemon/ops.NativeStderr).
+    """
+
+    separator = re.compile(rb"\n")
+    max_pending = 65536
+    thread_name = "stderr-pipe"
+
+    def start(self) -> Self:
         sys.stderr.flush()
-        self._original = os.dup(2)
+        self.original = os.dup(2)
+        self._redirecting(self.original)
         read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
         os.close(write_end)
         self._read_end = read_end
-        self._thread = threading.Thread(target=self._pump, name="stderr-filter", daemon=True)
+        self._thread = threading.Thread(target=self._pump, name=self.thread_name, daemon=True)
         self._thread.start()
+        return self
+
+    def _redirecting(self, original: int) -> None:
+        """Called with the original stderr's descriptor before fd 2 becomes the pipe."""
+
+    def handle(self, segment: bytes, separator: bytes) -> None:
+        raise NotImplementedError
+
+    def finished(self) -> None:
+        """Called once the pipe has been drained."""
 
     def _pump(self) -> None:
         pending = b""
@@ -79,26 +105,44 @@ class _DescriptorFilter:
             if not chunk:
                 break
             pending += chunk
-            # Segments end at \n or \r (a progress bar redraws with \r); a noise line may also start
-            # in the middle of one (a library writing while a bar is drawn): the line from there goes.
-            out, start = [], 0
-            for match in SEPARATOR.finditer(pending):
-                out.append(_without_noise(pending[start : match.start()], match.group()))
+            start = 0
+            for match in self.separator.finditer(pending):
+                self.handle(pending[start : match.start()], match.group())
                 start = match.end()
             pending = pending[start:]
-            text = b"".join(out)
-            if text:
-                os.write(self._original, text)
+            if len(pending) > self.max_pending:
+                self.handle(pending, b"")
+                pending = b""
         if pending:
-            os.write(self._original, _without_noise(pending, b""))
+            self.handle(pending, b"")
+        self.finished()
         os.close(self._read_end)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> bool:
+        """Fd 2 back to the original stderr; whether the reader drained the pipe within ``timeout``."""
         sys.stderr.flush()
-        # Pointing fd 2 back closes the pipe's last write end: the reader drains it and ends.
-        os.dup2(self._original, 2)
-        self._thread.join(5.0)
-        os.close(self._original)
+        os.dup2(self.original, 2)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class _DescriptorFilter(StderrPipe):
+    """Drops the known noise lines and passes everything else on to the real stderr, in order."""
+
+    # Segments end at \n or \r (a progress bar redraws with \r); a noise line may also start in the
+    # middle of one (a library writing while a bar is drawn): the line from there goes.
+    separator = SEPARATOR
+    thread_name = "stderr-filter"
+
+    def handle(self, segment: bytes, separator: bytes) -> None:
+        text = _without_noise(segment, separator)
+        if text:
+            os.write(self.original, text)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        drained = super().stop(timeout)
+        os.close(self.original)
+        return drained
 
 
 def quiet_native_logs() -> None:
@@ -110,7 +154,7 @@ def quiet_native_logs() -> None:
     warnings.filterwarnings("ignore", module=r"(keras|tensorflow|google|absl|jax)(\.|$)")
     if _filter is None:
         try:
-            _filter = _DescriptorFilter()
+            _filter = _DescriptorFilter().start()
         except OSError:  # no usable fd 2 (a daemon without stderr): nothing to filter
             return
         atexit.register(stop_filtering)
@@ -118,7 +162,7 @@ def quiet_native_logs() -> None:
 
 def original_stderr() -> int:
     """The descriptor of the real stderr, for a last line written just before ``os._exit``."""
-    return _filter._original if _filter is not None else 2
+    return _filter.original if _filter is not None else 2
 
 
 def stop_filtering() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -31,6 +30,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
+from stream_detector.quiet import StderrPipe
 
 log = logging.getLogger(__name__)
 
@@ -400,41 +401,36 @@ class OneLineFormatter(logging.Formatter):
         return super().format(record).replace("\n", " | ")
 
 
-class NativeStderr:
+class NativeStderr(StderrPipe):
     """Routes the process's file descriptor 2 through the logger, one masked record per line.
 
     TensorFlow Lite, MediaPipe (absl) and FFmpeg write on fd 2 from C++, past Python's logging: multi-line
     banners, dozens of identical warnings per model load, and FFmpeg messages that may quote a URL.
-    Here fd 2 becomes a pipe read by a thread; each line becomes a record of logger
+    Here fd 2 becomes a pipe read by a thread (quiet.StderrPipe); each line becomes a record of logger
     ``stream_detector.native`` (repeats collapsed into a count), so every line the daemon writes is
     structured and masked. The log handlers write to a copy of the original stderr, and Python's
     fatal-error dumps (faulthandler) go there directly, so a crash is still visible.
     """
 
+    thread_name = "native-stderr"
+
     def __init__(self, logger_name: str = "stream_detector.native") -> None:
         self._logger = logging.getLogger(logger_name)
-        self._original_fd: int | None = None
-        self._read_fd: int | None = None
-        self._thread: threading.Thread | None = None
+        self._last: str | None = None
+        self._repeats = 0
+        self._started = False
 
-    def start(self) -> NativeStderr:
-        sys.stderr.flush()
-        self._original_fd = os.dup(2)
+    def _redirecting(self, original: int) -> None:
         # Kept open for the life of the process (the log handlers write to it); closefd=False keeps the fd.
-        original = open(  # noqa: SIM115
-            self._original_fd, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False
+        stream = open(  # noqa: SIM115
+            original, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False
         )
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__):
-                handler.setStream(original)
-        sys.stderr = original
-        faulthandler.enable(file=original)
-        self._read_fd, write_fd = os.pipe()
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-        self._thread = threading.Thread(target=self._pump, name="native-stderr", daemon=True)
-        self._thread.start()
-        return self
+                handler.setStream(stream)
+        sys.stderr = stream
+        faulthandler.enable(file=stream)
+        self._started = True
 
     @staticmethod
     def _level(line: str) -> int:
@@ -445,48 +441,30 @@ class NativeStderr:
             return logging.WARNING
         return logging.INFO
 
-    def _pump(self) -> None:
-        assert self._read_fd is not None
-        pending = b""
-        last: str | None = None
-        repeats = 0
-        while True:
-            try:
-                chunk = os.read(self._read_fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if len(pending) > 65536:  # a writer that never ends its line: flush what there is
-                lines.append(pending)
-                pending = b""
-            for raw in lines:
-                line = raw.decode("utf-8", "replace").rstrip()
-                if not line:
-                    continue
-                if line == last:
-                    repeats += 1
-                    continue
-                if repeats:
-                    self._logger.info("previous native line repeated %d more times", repeats)
-                    repeats = 0
-                last = line
-                self._logger.log(self._level(line), "%s", line)
-        if repeats:
-            self._logger.info("previous native line repeated %d more times", repeats)
+    def handle(self, segment: bytes, separator: bytes) -> None:
+        line = segment.decode("utf-8", "replace").rstrip()
+        if not line:
+            return
+        if line == self._last:
+            self._repeats += 1
+            return
+        self._report_repeats()
+        self._last = line
+        self._logger.log(self._level(line), "%s", line)
+
+    def _report_repeats(self) -> None:
+        if self._repeats:
+            self._logger.info("previous native line repeated %d more times", self._repeats)
+            self._repeats = 0
+
+    def finished(self) -> None:
+        self._report_repeats()
 
     def close(self) -> None:
         """Puts fd 2 back and lets the reader drain what was written before."""
-        if self._original_fd is None:
-            return
-        os.dup2(self._original_fd, 2)  # the pipe's last writer is gone: the reader sees its end
-        if self._thread is not None:
-            self._thread.join(1.0)
-        if self._read_fd is not None and (self._thread is None or not self._thread.is_alive()):
-            os.close(self._read_fd)
-            self._read_fd = None
+        if self._started:
+            self._started = False
+            self.stop(1.0)
 
 
 def configure_logging(log_format: str, mask: Callable[[str], str]) -> None:
