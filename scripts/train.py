@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             "init_from": str(arguments.init_from) if arguments.init_from else None,
             "keep_in_train": str(arguments.keep_in_train) if arguments.keep_in_train else None,
             "limit": arguments.limit,
-            "dense_dropout": arguments.dense_dropout,
+            # Only when not the reference's 0.5: checkpoints from before the option still resume.
+            **({"dense_dropout": arguments.dense_dropout} if arguments.dense_dropout != 0.5 else {}),
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
         result = train(
