@@ -25,6 +25,9 @@ in the call as one batch -> smooth per track -> verdicts.
   (each face's rate is ``min(classify_hz, budget / faces)``), spent from a token bucket: when more
   faces are due than the bucket holds, the longest-waiting go first and the others in the next frames,
   so a gallery's faces are classified in turns instead of all in one slow frame.
+- Background: with ``classify_in_background``, the due crops go to the classifier on a thread of its
+  own and the frame returns at once; the scores land on each source's next frame. One job runs at a
+  time: frames that arrive meanwhile take no crops (their faces stay due).
 - Quality: a face whose box is smaller than ``min_verdict_face_size`` px, or whose crop is blurred
   (``crop_sharpness`` below ``min_sharpness``), is not classified; its verdict decays to UNCERTAIN
   (see smoothing.py) instead of resting on a guess.
