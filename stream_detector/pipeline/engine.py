@@ -344,7 +344,7 @@ class Engine:
 
     def wait_for_classification(self, timeout: float = 10.0) -> None:
         """Until the background classification in flight (if any) has finished: its scores land on
-        the next frame of each source (tests; shutting down)."""
+        the next frame of each source (tests; ``close`` waits for it by itself)."""
         job = self._background_job
         if job is not None:
             job.result(timeout)
