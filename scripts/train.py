@@ -141,6 +141,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "reference's 0.5 layers: dropout does nothing at inference)",
     )
     parser.add_argument(
+        "--pair-groups",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="each fake comes in its batch right after a real of its identity group (DFDC: the video "
+        "it was made from), through the same augmentation, so the pair differs by the manipulation",
+    )
+    parser.add_argument(
         "--limit", type=int, default=0, help="use at most this many images per source (smoke runs)"
     )
     parser.add_argument(
@@ -388,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             arguments.seed,
             paired=arguments.consistency_weight > 0,
             landmarks=landmarks,
+            pair_groups=arguments.pair_groups,
         )
         settings = {
             "data": sorted(str(root) for root in roots),
@@ -402,8 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             "limit": arguments.limit,
             # Only when not the reference's 0.5: checkpoints from before the option still resume.
             **({"dense_dropout": arguments.dense_dropout} if arguments.dense_dropout != 0.5 else {}),
+            **({"pair_groups": True} if arguments.pair_groups else {}),
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
+        if arguments.pair_groups:
+            print(f"pair groups: {batches.groupable_fakes} training fakes have a real of their group")
         result = train(
             model,
             batches,
@@ -458,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "init_from": str(arguments.init_from) if arguments.init_from else None,
         "keep_in_train": str(arguments.keep_in_train) if arguments.keep_in_train else None,
         "dense_dropout": arguments.dense_dropout,
+        "pair_groups": bool(arguments.pair_groups and not arguments.reference),
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

@@ -69,6 +69,11 @@ class AugmentedBatches:
     With ``landmarks`` (aligned with the sources' crops, None where a face has none), every real face
     that has them comes with its self-blended twin (blending.self_blend, label fake) right after it in
     the same batch, both through the very same augmentation: the pair differs only by the blend.
+
+    With ``pair_groups``, each fake drawn for an epoch whose identity group (DFDC's groups.csv: the real
+    video it was made from) has a real in the sources comes right after that real, through the same
+    augmentation, when the real is not being blended that epoch: scene, camera and compression are the
+    same on both sides, so the difference the pair teaches is the manipulation.
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class AugmentedBatches:
         augmented: bool = True,
         paired: bool = False,
         landmarks: list[np.ndarray | None] | None = None,
+        pair_groups: bool = False,
     ) -> None:
         """``augmented=False`` feeds the crops as they are, only resized (the reference recipe).
         ``paired``: each batch is batch_size / 2 augmented views followed by the same views degraded
@@ -107,6 +113,18 @@ class AugmentedBatches:
         self._blendable = np.array(sorted(blendable), dtype=np.int64)
         self._reals = np.flatnonzero(self._labels == 0)
         self._fakes = np.flatnonzero(self._labels == 1)
+        # fake index -> the index of a real of its group (groups are per source: names may repeat).
+        self._group_real: dict[int, int] = {}
+        if pair_groups:
+            groups = [f"{number}:{group}" for number, faces in enumerate(sources) for group in faces.groups]
+            real_of_group: dict[str, int] = {}
+            for index in self._reals:
+                real_of_group.setdefault(groups[index], int(index))
+            self._group_real = {
+                int(index): real_of_group[groups[index]]
+                for index in self._fakes
+                if groups[index] in real_of_group
+            }
         if landmarks is not None:
             # Balanced epochs: every real once; half of them (at most) with its blend right after it;
             # real fakes drawn afresh each epoch to make up the other half of the fake class. With
@@ -117,6 +135,11 @@ class AugmentedBatches:
         else:
             self.blended_pairs = 0
             self._fakes_per_epoch = len(self._fakes)
+
+    @property
+    def groupable_fakes(self) -> int:
+        """Fakes with a real of their group in the sources (pair_groups)."""
+        return len(self._group_real)
 
     def __len__(self) -> int:
         """Images per epoch."""
@@ -136,13 +159,31 @@ class AugmentedBatches:
         epoch sees a fresh random half of the faces, each twice)."""
         return len(self) // self.batch_size
 
-    def _epoch_order(self) -> list[tuple[int, bool]]:
-        blended = set(self._rng.permutation(self._blendable)[: self.blended_pairs].tolist())
+    def _epoch_order(self) -> list[tuple[int, bool, int]]:
+        """(index, blended, augmentation key) per image; images of one key share one augmentation."""
+        # Drawn in this order so that without group pairs an epoch is what it was before the option.
+        candidates = self._rng.permutation(self._blendable)
         fakes = self._rng.permutation(self._fakes)[: self._fakes_per_epoch].tolist()
-        pairs = [[(int(i), False), (int(i), True)] for i in self._reals if i in blended]
-        others = [int(i) for i in self._reals if i not in blended] + fakes
-        singles = [(others[i], False) for i in self._rng.permutation(len(others))]
-        # Singles two by two, so that every unit is two images and no real/blend pair straddles batches.
+        group_pairs: dict[int, int] = {}  # real -> the fake of its group drawn this epoch
+        for fake in fakes:
+            real = self._group_real.get(fake)
+            if real is not None and real not in group_pairs:
+                group_pairs[real] = fake
+        # Blends come from the reals not paired with their group's fake first, so both kinds of pair
+        # fit in one epoch; a pair gives way to a blend only when the other reals run short.
+        free = [int(i) for i in candidates if int(i) not in group_pairs]
+        taken = [int(i) for i in candidates if int(i) in group_pairs]
+        blended = set((free + taken)[: self.blended_pairs])
+        for real in blended & set(group_pairs):
+            del group_pairs[real]
+        paired_fakes = set(group_pairs.values())
+        pairs = [[(int(i), False, int(i)), (int(i), True, int(i))] for i in self._reals if i in blended]
+        pairs += [[(real, False, real), (fake, False, real)] for real, fake in group_pairs.items()]
+        others = [int(i) for i in self._reals if i not in blended and int(i) not in group_pairs] + [
+            fake for fake in fakes if fake not in paired_fakes
+        ]
+        singles = [(others[i], False, others[i]) for i in self._rng.permutation(len(others))]
+        # Singles two by two, so that every unit is two images and no pair straddles batches.
         units = pairs + [singles[i : i + 2] for i in range(0, len(singles) - 1, 2)]
         return [item for position in self._rng.permutation(len(units)) for item in units[position]]
 
@@ -169,13 +210,13 @@ class AugmentedBatches:
             if len(chosen) < per_step:
                 break
             seeds = self._rng.integers(0, 2**62, len(chosen))
-            shared = {}  # a real and its blend share one seed
+            shared = {}  # the two images of a pair share one seed
             images = []
-            for (index, blended), seed in zip(chosen, seeds, strict=True):
-                seed = shared.setdefault(index, int(seed))
+            for (index, blended, key), seed in zip(chosen, seeds, strict=True):
+                seed = shared.setdefault(key, int(seed))
                 images.append(self._view(index, blended, full, seed))
             labels = np.array(
-                [1.0 if blended else self._labels[index] for index, blended in chosen], np.float32
+                [1.0 if blended else self._labels[index] for index, blended, _ in chosen], np.float32
             )
             if paired:
                 images = images + [degraded_view(image, self._rng) for image in images]

@@ -159,3 +159,68 @@ def test_training_resumes_after_its_last_epoch_and_refuses_other_settings(tmp_pa
     checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(StreamDetectorError, match="corrupt"):
         run(3, resume=True)
+
+
+def group_paired_set() -> FaceSet:
+    """Four reals whose groups each have a fake (the same picture with another centre), four reals and
+    four fakes alone in their groups."""
+    rng = np.random.default_rng(5)
+    crops, labels, groups = [], [], []
+    for group in range(4):
+        scene = rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)
+        swapped = scene.copy()
+        swapped[40:80, 40:80] = 255 - swapped[40:80, 40:80]
+        crops += [scene, swapped]
+        labels += [0, 1]
+        groups += [f"video{group}", f"video{group}"]
+    for alone in range(8):
+        crops.append(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8))
+        labels.append(alone % 2)
+        groups.append(f"alone{alone}")
+    files = [f"{i}.png" for i in range(len(crops))]
+    return FaceSet("toy", crops, np.array(labels, np.int32), files, groups, ())
+
+
+def count_group_pairs(batches: AugmentedBatches) -> int:
+    """Adjacent real/fake images that agree outside the centre (one augmentation) and differ inside."""
+    found = 0
+    for images, labels in batches.epoch(96):
+        for first in range(0, len(images), 2):
+            view, twin = images[first], images[first + 1]
+            if (
+                labels[first, 0] == 0
+                and labels[first + 1, 0] == 1
+                and np.abs(view[:20] - twin[:20]).mean() < 1.0
+            ):
+                assert np.abs(view[36:60, 36:60] - twin[36:60, 36:60]).mean() > 20
+                found += 1
+    return found
+
+
+def test_pair_groups_puts_each_fake_after_a_real_of_its_group_through_the_same_augmentation():
+    paired = AugmentedBatches([group_paired_set()], batch_size=4, seed=2, pair_groups=True)
+    assert paired.groupable_fakes == 4 and len(paired) == 16
+    assert count_group_pairs(paired) == 4
+    # Without the option, the same faces land in random places: no pair shares an augmentation.
+    assert count_group_pairs(AugmentedBatches([group_paired_set()], batch_size=4, seed=2)) == 0
+
+
+def test_group_pairs_give_way_to_blends_only_when_other_reals_run_short():
+    faces = group_paired_set()
+    from tests.training.test_blending import synthetic_face
+
+    _, points = synthetic_face(120, 0)
+    # Every real blendable: 8 reals, so 4 blends and 4 fakes drawn; the reals whose group's fake was
+    # drawn stay paired with it, and the blends take the other reals.
+    landmarks = [points if label == 0 else None for label in faces.labels]
+    batches = AugmentedBatches([faces], batch_size=4, seed=2, landmarks=landmarks, pair_groups=True)
+    for _ in range(3):
+        order = batches._epoch_order()
+        blended = {index for index, is_blend, _ in order if is_blend}
+        drawn_group_fakes = {index for index, _, _ in order if index in (1, 3, 5, 7)}
+        assert len(blended) == 4 and drawn_group_fakes
+        keys = {index: key for index, _, key in order}
+        for fake in drawn_group_fakes:
+            assert fake - 1 not in blended and keys[fake] == fake - 1
+            position = [index for index, _, _ in order].index(fake)
+            assert order[position - 1][0] == fake - 1 and position % 2 == 1
