@@ -12,8 +12,10 @@ folder of a source the model never trained on (faces/gan-b) is evaluated whole.
 --equalise-compression gives lossless files the JPEG-75 history of the fakes first, as training does.
 Every folder also gets a confound audit (stream_detector/training/confounds.py): per image statistic
 (sharpness, blockiness, face size, brightness, saturation) its own AUC, the model's AUC within its
-strata and the model's within-class Spearman correlation with it. Unreadable images are skipped and
-counted (--unreadable error stops instead).
+strata and the model's within-class Spearman correlation with it. Where groups.csv pairs a fake with
+the real of the video it was made from (DFDC), "scene_paired" says how often the fake scores above its
+own real: scene, camera and compression alike, so 0.5 is a model that scores the scene. Unreadable
+images are skipped and counted (--unreadable error stops instead).
 """
 
 from __future__ import annotations
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="evaluate: %(message)s")
     import numpy as np
 
-    from stream_detector.training.metrics import binary_metrics, reliability_bins, roc_curve
+    from stream_detector.training.metrics import binary_metrics, reliability_bins, roc_curve, scene_paired
 
     data = arguments.data or [str(DEFAULT_DATA)]
     split_files: dict[str, set[str]] | None = None
@@ -255,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             pooled[name][0].append(labels)
             pooled[name][1].append(scores)
         result["_labels"] = labels
+        # Where groups pair a fake with its own source video's real (DFDC), the same-scene comparison.
+        paired = scene_paired(labels, result["_scores"], [group for faces in sets for group in faces.groups])
+        if paired is not None:
+            result["scene_paired"] = paired
         if not arguments.no_audit:
             from stream_detector.training.confounds import audit_statistics, confound_audit
 
@@ -264,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{entry}: {len(labels)} images, AUC {result['roc_auc']:.4f}, accuracy {result['accuracy']:.4f}",
             file=sys.stderr,
         )
+        if paired is not None:
+            print(
+                f"  same-scene pairs: {paired['pairs']}, the fake above its own real in "
+                f"{paired['fake_above_its_real']:.3f} (mean difference {paired['mean_difference']:+.3f})",
+                file=sys.stderr,
+            )
         if unreadable:
             print(f"{entry}: {len(unreadable)} unreadable image(s) skipped", file=sys.stderr)
         for statistic, audit in result.get("confounds", {}).items():

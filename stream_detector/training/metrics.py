@@ -297,3 +297,33 @@ def binary_metrics(
         "brier": float(np.mean((score_array - label_array) ** 2)),
         "ece": _expected_calibration_error(calibration_bins, count),
     }
+
+
+def scene_paired(labels: ArrayLike, scores: ArrayLike, groups: list[str]) -> dict[str, Any] | None:
+    """Each fake against the real of its own identity group (DFDC: the video it was made from), so
+    scene, camera and compression are the same on both sides: the share of pairs where the fake scores
+    higher (ties count half) and the mean score difference. A model that scores the scene and not the
+    manipulation sits at 0.5 here whatever its plain AUC. None when no group holds both classes."""
+    labels, scores = _validated(labels, scores)
+    if len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} scores")
+    reals: dict[str, list[float]] = {}
+    fakes: dict[str, list[float]] = {}
+    for label, score, group in zip(labels.tolist(), scores.tolist(), groups, strict=True):
+        (fakes if label == 1 else reals).setdefault(group, []).append(score)
+    wins, differences = [], []
+    for group, fake_scores in fakes.items():
+        # Several reals of one group: the fake is compared with their mean.
+        real = float(np.mean(reals[group])) if group in reals else None
+        if real is None:
+            continue
+        for fake in fake_scores:
+            wins.append(1.0 if fake > real else 0.5 if fake == real else 0.0)
+            differences.append(fake - real)
+    if not wins:
+        return None
+    return {
+        "pairs": len(wins),
+        "fake_above_its_real": float(np.mean(wins)),
+        "mean_difference": float(np.mean(differences)),
+    }

@@ -78,6 +78,26 @@ def test_unreadable_image_is_skipped_and_counted(evaluate, tmp_path):
     assert set(report["confounds"]) >= {"model_auc", "sharpness", "blockiness", "face_size", "brightness"}
 
 
+def test_fakes_are_compared_with_the_real_of_their_own_group(evaluate, tmp_path):
+    import json
+
+    rng = np.random.default_rng(1)
+    rows = ["file,label,group"]
+    for index in range(3):
+        for label in ("real", "fake"):
+            (tmp_path / label).mkdir(exist_ok=True)
+            name = f"{label}{index}.png"
+            cv2.imwrite(str(tmp_path / label / name), rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+            # Two of the fakes were made from a real of this folder; the third from one it lacks.
+            rows.append(f"{name},{label},video{index if index < 2 or label == 'real' else 'elsewhere'}")
+    (tmp_path / "groups.csv").write_text("\n".join(rows) + "\n")
+    report_path = tmp_path / "report.json"
+    arguments = ["--data", str(tmp_path), "--cache", str(tmp_path / "cache"), "--no-face", "whole"]
+    assert evaluate.main([*arguments, "--json", str(report_path), "--no-progress", "--no-audit"]) == 0
+    paired = json.loads(report_path.read_text())[str(tmp_path)]["scene_paired"]
+    assert paired["pairs"] == 2 and 0.0 <= paired["fake_above_its_real"] <= 1.0
+
+
 def test_images_with_no_face(evaluate, tmp_path):
     make_set(tmp_path)  # noise: no face anywhere
     with pytest.raises(StreamDetectorError, match="no face found in .*0.png"):

@@ -297,3 +297,23 @@ def test_bad_input_raises_one_line_value_error(labels, scores, message):
 def test_bad_threshold_or_bins_raise(keyword, value):
     with pytest.raises(ValueError, match=keyword):
         binary_metrics([0, 1], [0.2, 0.8], **{keyword: value})
+
+
+def test_scene_paired_compares_each_fake_with_the_real_of_its_own_group():
+    from stream_detector.training.metrics import scene_paired
+
+    labels = [0, 1, 0, 1, 0, 1, 1]
+    scores = [0.2, 0.6, 0.7, 0.5, 0.4, 0.4, 0.9]
+    groups = ["a", "a", "b", "b", "c", "c", "alone"]
+    result = scene_paired(labels, scores, groups)
+    # a: fake above; b: fake below; c: a tie counts half; the fake alone in its group is not a pair.
+    assert result["pairs"] == 3
+    assert result["fake_above_its_real"] == pytest.approx(0.5)
+    assert result["mean_difference"] == pytest.approx((0.4 - 0.2 + 0.0) / 3)
+    # A model that scores only the scene: a group's real and fake alike, whatever the plain AUC.
+    assert (
+        scene_paired([0, 1, 0, 1], [0.1, 0.1, 0.9, 0.9], ["x", "x", "y", "y"])["fake_above_its_real"] == 0.5
+    )
+    assert scene_paired([0, 1], [0.1, 0.9], ["x", "y"]) is None
+    with pytest.raises(ValueError, match="groups"):
+        scene_paired([0, 1], [0.1, 0.9], ["x"])
