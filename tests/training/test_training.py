@@ -104,20 +104,9 @@ def test_each_blendable_real_comes_with_its_blend_in_the_same_batch_through_the_
     images = np.concatenate([batch for batch, _ in batches.epoch(96)])
     targets = np.concatenate([target for _, target in batches.epoch(96)])
     assert targets.sum() == 4  # two fakes and two blends, in a second epoch of the same shape
-    epoch = list(batches.epoch(96))
-    found_pairs = 0
-    for batch, target in epoch:
-        for first in range(0, len(batch), 2):
-            view, twin = batch[first], batch[first + 1]
-            if (
-                target[first, 0] == 0
-                and target[first + 1, 0] == 1
-                and np.abs(view[:8] - twin[:8]).mean() < 1.0
-            ):
-                # A real and its own blend: same augmentation, so outside the face they agree, and
-                # inside it they differ.
-                assert np.abs(view[40:56, 40:56] - twin[40:56, 40:56]).mean() > 0.5
-                found_pairs += 1
+    # A real and its own blend: same augmentation, so outside the face they agree, and inside it
+    # they differ.
+    found_pairs = count_twins(batches.epoch(96), edge_rows=8, centre=slice(40, 56), centre_difference=0.5)
     assert found_pairs == 2
     assert images.shape == (8, 96, 96, 3)
 
@@ -181,20 +170,25 @@ def group_paired_set() -> FaceSet:
     return FaceSet("toy", crops, np.array(labels, np.int32), files, groups, ())
 
 
-def count_group_pairs(batches: AugmentedBatches) -> int:
-    """Adjacent real/fake images that agree outside the centre (one augmentation) and differ inside."""
+def count_twins(epoch, edge_rows: int, centre: slice, centre_difference: float) -> int:
+    """Adjacent real/fake images that agree in their top rows (one augmentation), each asserted to
+    differ by more than centre_difference in the centre square."""
     found = 0
-    for images, labels in batches.epoch(96):
+    for images, labels in epoch:
         for first in range(0, len(images), 2):
             view, twin = images[first], images[first + 1]
             if (
                 labels[first, 0] == 0
                 and labels[first + 1, 0] == 1
-                and np.abs(view[:20] - twin[:20]).mean() < 1.0
+                and np.abs(view[:edge_rows] - twin[:edge_rows]).mean() < 1.0
             ):
-                assert np.abs(view[36:60, 36:60] - twin[36:60, 36:60]).mean() > 20
+                assert np.abs(view[centre, centre] - twin[centre, centre]).mean() > centre_difference
                 found += 1
     return found
+
+
+def count_group_pairs(batches: AugmentedBatches) -> int:
+    return count_twins(batches.epoch(96), edge_rows=20, centre=slice(36, 60), centre_difference=20)
 
 
 def test_pair_groups_puts_each_fake_after_a_real_of_its_group_through_the_same_augmentation():
