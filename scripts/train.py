@@ -36,6 +36,7 @@ HIGH_EPOCHS = 2
 STOP_AFTER_EPOCH = 6
 CONSISTENCY_WEIGHT = 0.5
 FALSE_ALARM_RATE = 0.01  # per real face, at the recorded FAKE threshold
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -139,6 +140,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=0.5,
         help="dropout rate of the three dense layers while training (the shipped file keeps the "
         "reference's 0.5 layers: dropout does nothing at inference)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="float32, or mixed_bfloat16: bfloat16 arithmetic on float32 weights, ~2x the training "
+        "steps per second on a CPU with AVX512-BF16 (docs/benchmarks.md); the shipped file is float32",
     )
     parser.add_argument(
         "--pair-groups",
@@ -329,10 +337,24 @@ def main(argv: list[str] | None = None) -> int:
 
         landmarks = []
         for name, faces in train_sets.items():
-            found = landmarks_for_crops(faces.crops, faces.files, arguments.cache, name=f"{name}-train")
+            # Only reals are blended: FaceMesh on the fakes would double the preparation time.
+            reals_at = np.flatnonzero(faces.labels == 0)
+            found_for_reals = (
+                landmarks_for_crops(
+                    [faces.crops[i] for i in reals_at],
+                    [faces.files[i] for i in reals_at],
+                    arguments.cache,
+                    name=f"{name}-train-reals",
+                )
+                if len(reals_at)
+                else []
+            )
+            found = [None] * len(faces)
+            for i, points in zip(reals_at, found_for_reals, strict=True):
+                found[i] = points
             usable = [
-                points if label == 0 and usable_landmarks(points, crop.shape) else None
-                for points, label, crop in zip(found, faces.labels, faces.crops, strict=True)
+                points if usable_landmarks(points, crop.shape) else None
+                for points, crop in zip(found, faces.crops, strict=True)
             ]
             reals = int(np.sum(faces.labels == 0))
             print(f"self-blend: {name}: {sum(p is not None for p in usable)} of {reals} real faces blendable")
@@ -368,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             patches=arguments.low_mode == "patch",
             consistency_weight=arguments.consistency_weight,
         )
+        keras.mixed_precision.set_global_policy(arguments.precision)
         model = build_model(input_size=None, dropout=arguments.dense_dropout)
         if arguments.init_from:
             from stream_detector.pipeline.model import load_keras_model  # a missing file: one line
@@ -411,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             # Only when not the reference's 0.5: checkpoints from before the option still resume.
             **({"dense_dropout": arguments.dense_dropout} if arguments.dense_dropout != 0.5 else {}),
             **({"pair_groups": True} if arguments.pair_groups else {}),
+            **({"precision": arguments.precision} if arguments.precision != "float32" else {}),
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
         if arguments.pair_groups:
@@ -428,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     size = schedule.high_size
+    # The shipped model computes in float32 (LiteRT, the engine): its weights were float32 throughout.
+    keras.mixed_precision.set_global_policy("float32")
     shipped = build_model(input_size=size, unit_scale=arguments.reference)
     shipped.set_weights(model.get_weights())
     calibration = None
@@ -470,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "keep_in_train": str(arguments.keep_in_train) if arguments.keep_in_train else None,
         "dense_dropout": arguments.dense_dropout,
         "pair_groups": bool(arguments.pair_groups and not arguments.reference),
+        "precision": arguments.precision if not arguments.reference else "float32",
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

@@ -86,7 +86,9 @@ def build_model(
         x = layers.Dense(units, kernel_initializer=initializer, name=f"dense{index}")(x)
         x = layers.Dropout(dropout, name=f"dropout{index}")(x)
         x = layers.ReLU(name=f"relu_dense{index}")(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="p_fake")(x)
+    # Float32 whatever the global policy: under mixed_bfloat16 training (train.py --precision) a
+    # bfloat16 sigmoid resolves p only to ~0.004 near 0.5, coarser than the raw scores' spread.
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="p_fake")(x)
     return keras.Model(inputs, outputs, name="stream_detector_cnn")
 
 

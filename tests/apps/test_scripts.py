@@ -166,9 +166,16 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
         "--no-self-blend",
         "--dense-dropout",
         "0.1",
+        "--precision",
+        "mixed_bfloat16",
         *common,
     ]
-    assert load_script("train").main(arguments) == 0
+    import keras
+
+    try:
+        assert load_script("train").main(arguments) == 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     assert {path.name for path in out.iterdir()} >= {
         "detector.keras",
         "detector_fp32.tflite",
@@ -180,11 +187,13 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
     assert test_files and all(name.startswith("toy/") for name in test_files)
     assert record["calibration"]["method"] == "platt" and record["total_minutes"] > 0
     # Trained with a lighter dropout, shipped with the reference's layers (dropout is off at inference).
-    import keras
-
     shipped = keras.models.load_model(out / "detector.keras", compile=False)
     assert record["dense_dropout"] == 0.1
     assert [layer.rate for layer in shipped.layers if type(layer).__name__ == "Dropout"] == [0.5] * 3
+    # Trained in bfloat16 arithmetic, shipped computing in float32 (what LiteRT and the engine run).
+    assert record["precision"] == "mixed_bfloat16"
+    assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+    assert {variable.dtype for variable in shipped.weights} == {"float32"}
     # The engine's FAKE threshold is checked against this number (tests/test_smoothing.py).
     assert 0.0 < record["calibration"]["fake_threshold_at_1pct_false_alarms"] < 1.0
     report_path = tmp_path / "report.json"
@@ -264,3 +273,24 @@ def test_evaluate_clips_reports_verdicts_false_alarms_per_hour_and_records_a_liv
     entry = next(clip for clip in report["clips"] if clip["clip"] == reported)
     assert entry["verdict"] in ("REAL", "FAKE", "UNCERTAIN") and entry["clip_score"] is not None
     assert plot.stat().st_size > 1000
+
+
+def test_benchmark_training_times_both_precisions_and_leaves_the_policy_float32(tmp_path):
+    import json
+
+    import keras
+
+    out = tmp_path / "training_speed.json"
+    arguments = ["--sizes", "64", "--steps", "1", "--batch-size", "2", "--json", str(out)]
+    assert load_script("benchmark_training").main(arguments) == 0
+    cell = json.loads(out.read_text())["64px"]
+    assert cell["float32"] > 0 and cell["mixed_bfloat16"] > 0
+    assert cell["ratio"] == pytest.approx(cell["mixed_bfloat16"] / cell["float32"])
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_benchmark_training_refuses_a_size_too_small_in_one_line(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        load_script("benchmark_training").main(["--sizes", "8"])
+    assert stopped.value.code == 2
+    assert "--sizes at least 64" in capsys.readouterr().err
