@@ -46,14 +46,12 @@ def images_per_second(policy: str, size: int, steps: int, batch_size: int) -> fl
     import numpy as np
 
     from stream_detector.pipeline.model import build_model
+    from stream_detector.training.loop import plain_loss, training_optimizer
 
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model(input_size=None)
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=1.0),
-            loss=keras.losses.BinaryCrossentropy(label_smoothing=0.02),
-        )
+        model.compile(optimizer=training_optimizer(1e-4), loss=plain_loss())
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (batch_size, size, size, 3)).astype(np.float32)
         labels = rng.integers(0, 2, (batch_size, 1)).astype(np.float32)

@@ -356,8 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                 points if usable_landmarks(points, crop.shape) else None
                 for points, crop in zip(found, faces.crops, strict=True)
             ]
-            reals = int(np.sum(faces.labels == 0))
-            print(f"self-blend: {name}: {sum(p is not None for p in usable)} of {reals} real faces blendable")
+            print(
+                f"self-blend: {name}: {sum(p is not None for p in usable)} of {len(reals_at)} real faces blendable"
+            )
             landmarks.extend(usable)
         if not any(points is not None for points in landmarks):
             raise StreamDetectorError(

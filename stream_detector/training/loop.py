@@ -272,7 +272,25 @@ def prefetched(batches, depth: int = 3):
         thread.join(timeout=5)
 
 
-def paired_loss(consistency_weight, label_smoothing: float = 0.02):
+LABEL_SMOOTHING = 0.02
+
+
+def training_optimizer(learning_rate):
+    """Adam with global gradient clipping, as every training run here uses it."""
+    import keras
+
+    # Clipped: one large early step can silence the ReLUs of the narrow (16-channel) last convolutions.
+    return keras.optimizers.Adam(learning_rate, global_clipnorm=1.0)
+
+
+def plain_loss():
+    """Binary cross-entropy with the label smoothing every run trains with (paired_loss adds to it)."""
+    import keras
+
+    return keras.losses.BinaryCrossentropy(label_smoothing=LABEL_SMOOTHING)
+
+
+def paired_loss(consistency_weight, label_smoothing: float = LABEL_SMOOTHING):
     """Binary cross-entropy on every input, plus consistency_weight times the mean squared difference
     between the logits of each view and its degraded twin (the second half of a paired batch).
     ``consistency_weight``: a number, or a keras.Variable that training ramps up."""
@@ -367,14 +385,11 @@ def train(
     import keras
     from tqdm import tqdm
 
-    # Clipped: one large early step can silence the ReLUs of the narrow (16-channel) last convolutions.
-    optimizer = keras.optimizers.Adam(schedule.learning_rate, global_clipnorm=1.0)
+    optimizer = training_optimizer(schedule.learning_rate)
     if batches.paired != (schedule.consistency_weight > 0):
         raise ValueError("a consistency weight needs paired batches, and paired batches need one")
     consistency = keras.Variable(0.0, trainable=False, dtype="float32", name="consistency_weight")
-    loss = (
-        paired_loss(consistency) if batches.paired else keras.losses.BinaryCrossentropy(label_smoothing=0.02)
-    )
+    loss = paired_loss(consistency) if batches.paired else plain_loss()
     model.compile(optimizer=optimizer, loss=loss)
     steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * len(schedule.sizes())
