@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -273,7 +274,9 @@ def record_threshold(record_path: Path, entries: list[dict]) -> int:
     record = json.loads(record_path.read_text())
     face_threshold = float(record["calibration"]["fake_threshold_at_1pct_false_alarms"])
     highest = max((entry["max_p_smoothed"] or 0.0) for entry in entries)
-    threshold = round(min(0.99, max(face_threshold, highest + THRESHOLD_MARGIN)), 3)
+    # Rounded up, never to the nearest: a threshold rounded down would sit under the score it must not
+    # be below (v2's faces gave 0.80124, which rounds to 0.801).
+    threshold = min(0.99, math.ceil(max(face_threshold, highest + THRESHOLD_MARGIN) * 1000 - 1e-9) / 1000)
     record["live_threshold"] = {
         "fake_enter": threshold,
         "rule": "max(1 %-false-alarm score of validation faces, highest smoothed p(fake) of any "

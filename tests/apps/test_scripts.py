@@ -275,6 +275,24 @@ def test_evaluate_clips_reports_verdicts_false_alarms_per_hour_and_records_a_liv
     assert plot.stat().st_size > 1000
 
 
+@pytest.mark.parametrize(
+    ("face_threshold", "highest_track", "expected"),
+    [(0.8012354, 0.50, 0.802), (0.60, 0.7341, 0.755), (0.70, 0.68, 0.70), (0.995, 0.2, 0.99)],
+)
+def test_the_recorded_live_threshold_is_rounded_up_never_below_the_face_threshold(
+    tmp_path, face_threshold, highest_track, expected
+):
+    import json
+
+    record = tmp_path / "training.json"
+    record.write_text(json.dumps({"calibration": {"fake_threshold_at_1pct_false_alarms": face_threshold}}))
+    entry = {"clip": "a.mp4", "max_p_smoothed": highest_track, "duration_s": 1.0}
+    assert load_script("evaluate_clips").record_threshold(record, [entry]) == 0
+    live = json.loads(record.read_text())["live_threshold"]
+    assert live["fake_enter"] == pytest.approx(expected, abs=1e-9)
+    assert live["fake_enter"] >= min(0.99, face_threshold)
+
+
 def test_benchmark_training_times_both_precisions_and_leaves_the_policy_float32(tmp_path):
     import json
 
