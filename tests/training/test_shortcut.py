@@ -25,7 +25,7 @@ def test_astronaut_stays_real_at_every_jpeg_quality(classifier, astronaut_bgr):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="v2 flips 5.0 % of real ffhq-tpdne test faces at JPEG q70 (int8): model/MODEL_CARD.md",
+    reason="v2 sits at the 5 % line on real ffhq-tpdne test faces (5.0 % at JPEG q70 via int8): MODEL_CARD.md",
 )
 def test_real_test_faces_rarely_flip_to_fake_when_compressed(classifier):
     import json
@@ -104,8 +104,8 @@ def _down_up(factor):
 
 
 # Targets the shipped model misses (model/MODEL_CARD.md, "Robustness": blur sigma 2 flips 43-63 % of
-# real ffhq-tpdne and DFDC test faces, sharpening turns 9-40 % of fakes real). Strict: a model that meets them turns these
-# into failures, so the marks and the card are updated with it.
+# real ffhq-tpdne and DFDC test faces, sharpening turns 9-40 % of fakes real). Strict: a model that
+# meets them turns these into failures, so the marks and the card are updated with it.
 MISSED_SHARPNESS_TARGET = pytest.mark.xfail(
     strict=True, reason="v2 still reads sharpness: see model/MODEL_CARD.md, Robustness"
 )
