@@ -156,6 +156,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "steps per second on a CPU with AVX512-BF16 (docs/benchmarks.md); the shipped file is float32",
     )
     parser.add_argument(
+        "--augmentation",
+        choices=["standard", "light"],
+        default="standard",
+        help="strength of the codec steps of the symmetric augmentation: standard (JPEG from "
+        "quality 30, the shipped models'), or light (from 60, noise half as often; "
+        "stream_detector/training/augment.py)",
+    )
+    parser.add_argument(
         "--pair-groups",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -427,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             paired=arguments.consistency_weight > 0,
             landmarks=landmarks,
             pair_groups=arguments.pair_groups,
+            augmentation=arguments.augmentation,
         )
         settings = {
             "data": sorted(str(root) for root in roots),
@@ -443,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             **({"dense_dropout": arguments.dense_dropout} if arguments.dense_dropout != 0.5 else {}),
             **({"pair_groups": True} if arguments.pair_groups else {}),
             **({"precision": arguments.precision} if arguments.precision != "float32" else {}),
+            **({"augmentation": arguments.augmentation} if arguments.augmentation != "standard" else {}),
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
         if arguments.pair_groups:
@@ -505,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         "dense_dropout": arguments.dense_dropout,
         "pair_groups": bool(arguments.pair_groups and not arguments.reference),
         "precision": arguments.precision if not arguments.reference else "float32",
+        "augmentation": "none" if arguments.reference else arguments.augmentation,
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

@@ -11,6 +11,8 @@ JPEG-75. Two measures, both needed (model card, "Training recipe"):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -20,11 +22,36 @@ from stream_detector.training.confounds import laplacian_variance
 from stream_detector.training.dataset import jpeg, resize_crop
 
 
-def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZE) -> np.ndarray:
+@dataclass(frozen=True)
+class Strength:
+    """How hard the codec steps of ``augment`` and ``degraded_view`` hit (the lowest JPEG qualities
+    drawn, and how often sensor noise is added); everything else is the same at every strength."""
+
+    jpeg_low: int
+    second_jpeg_low: int
+    degraded_jpeg_low: int
+    noise_probability: float
+
+
+# standard: the shipped models' (v1, v2). light: the JPEG floor raised to 60, noise half as often,
+# asking whether the heavy codec steps wash out the swap artifacts the clean test faces still carry
+# (the training loss stays near the prior's; model card, Experiments).
+STRENGTHS = {
+    "standard": Strength(jpeg_low=30, second_jpeg_low=40, degraded_jpeg_low=30, noise_probability=0.2),
+    "light": Strength(jpeg_low=60, second_jpeg_low=60, degraded_jpeg_low=60, noise_probability=0.1),
+}
+
+
+def augment(
+    crop_rgb: np.ndarray,
+    rng: np.random.Generator,
+    size: int = CROP_SIZE,
+    strength: Strength = STRENGTHS["standard"],
+) -> np.ndarray:
     """One randomly degraded (size, size, 3) uint8 view of a native-resolution RGB face crop."""
     image = crop_rgb
     if rng.random() < 0.9:
-        image = jpeg(image, int(rng.integers(30, 96)))
+        image = jpeg(image, int(rng.integers(strength.jpeg_low, 96)))
     if rng.random() < 0.2:
         # A face seen from further away: lose resolution, then come back up.
         factor = rng.uniform(0.35, 0.9)
@@ -49,17 +76,19 @@ def augment(crop_rgb: np.ndarray, rng: np.random.Generator, size: int = CROP_SIZ
         image = sharpen(image, amount=float(rng.uniform(0.3, 1.2)))
     if rng.random() < 0.5:
         image = _colour_jitter(image, rng)
-    if rng.random() < 0.2:
+    if rng.random() < strength.noise_probability:
         noise = rng.normal(0.0, rng.uniform(2.0, 8.0), image.shape)
         image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     if rng.random() < 0.5:
         image = image[:, ::-1]
     if rng.random() < 0.3:
-        image = jpeg(np.ascontiguousarray(image), int(rng.integers(40, 96)))
+        image = jpeg(np.ascontiguousarray(image), int(rng.integers(strength.second_jpeg_low, 96)))
     return np.ascontiguousarray(image)
 
 
-def degraded_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def degraded_view(
+    image: np.ndarray, rng: np.random.Generator, strength: Strength = STRENGTHS["standard"]
+) -> np.ndarray:
     """The same view after one more JPEG pass, as a re-encoding stream gives it, sometimes blurred or
     scaled down and up first (a softer camera, a farther face). Its score should not move (the
     consistency pair in training.loop.AugmentedBatches)."""
@@ -71,7 +100,7 @@ def degraded_view(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         side = image.shape[0]
         small = max(16, int(side / rng.uniform(1.5, 3.0)))
         image = cv2.resize(cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), (side, side))
-    return jpeg(image, int(rng.integers(30, 91)))
+    return jpeg(image, int(rng.integers(strength.degraded_jpeg_low, 91)))
 
 
 def match_sharpness(crops: list[np.ndarray], labels: np.ndarray) -> tuple[list[np.ndarray], int]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from stream_detector.errors import StreamDetectorError
 from stream_detector.pipeline.crops import CROP_SIZE
-from stream_detector.training.augment import augment, degraded_view
+from stream_detector.training.augment import STRENGTHS, augment, degraded_view
 from stream_detector.training.dataset import FaceSet, resize_crop, split_by_group
 from stream_detector.training.initialise import silent_fraction
 from stream_detector.training.metrics import binary_metrics
@@ -85,6 +85,7 @@ class AugmentedBatches:
         paired: bool = False,
         landmarks: list[np.ndarray | None] | None = None,
         pair_groups: bool = False,
+        augmentation: str = "standard",
     ) -> None:
         """``augmented=False`` feeds the crops as they are, only resized (the reference recipe).
         ``paired``: each batch is batch_size / 2 augmented views followed by the same views degraded
@@ -103,6 +104,9 @@ class AugmentedBatches:
         self.batch_size = batch_size
         self.paired = paired
         self._augmented = augmented
+        if augmentation not in STRENGTHS:
+            raise ValueError(f"augmentation {augmentation!r} is not one of {', '.join(STRENGTHS)}")
+        self._strength = STRENGTHS[augmentation]
         self._rng = np.random.default_rng(seed)
         # What one epoch is made of: (index, blended) per image; a blend follows its real.
         blendable = (
@@ -195,7 +199,7 @@ class AugmentedBatches:
             crop = self_blend(crop, self._landmarks[index], np.random.default_rng(seed + 1))
         # The same seed for a real and its blend: the same augmentation, decision for decision.
         rng = np.random.default_rng(seed)
-        return augment(crop, rng, size) if self._augmented else resize_crop(crop, size)
+        return augment(crop, rng, size, self._strength) if self._augmented else resize_crop(crop, size)
 
     def epoch(self, size: int, patches: bool = False, pairs: bool = True):
         """One epoch in random order. ``patches``: random size x size windows of the 224 px crop, so the
@@ -219,7 +223,7 @@ class AugmentedBatches:
                 [1.0 if blended else self._labels[index] for index, blended, _ in chosen], np.float32
             )
             if paired:
-                images = images + [degraded_view(image, self._rng) for image in images]
+                images = images + [degraded_view(image, self._rng, self._strength) for image in images]
                 labels = np.concatenate([labels, labels])
             if patches and size < full:
                 offsets = self._rng.integers(0, full - size + 1, (len(chosen), 2))

@@ -110,3 +110,23 @@ def test_default_fake_threshold_is_the_live_threshold_recorded_for_the_shipped_m
     assert live["fake_enter"] > live["highest_validation_real_track"]
     # A retrained model that moves it needs a new default (and configs/daemon.toml, the docs).
     assert SmootherSettings().fake_enter == pytest.approx(live["fake_enter"], abs=0.005)
+
+
+@pytest.mark.parametrize(
+    ("document", "pattern"),
+    [
+        ("README.md", r"live threshold \((0\.\d+)\)"),
+        ("docs/webcam.md", r"\*\*FAKE\*\* at a mean of (0\.\d+)"),
+        ("docs/scan.md", r"\(FAKE >= (0\.\d+),"),
+    ],
+)
+def test_hand_written_docs_quote_the_default_fake_threshold(document, pattern):
+    import re
+
+    from tests.conftest import REPO
+
+    # These sentences are typed, not generated (docs/daemon.md's table is): a new model's threshold
+    # must reach them too, or users read a verdict rule the engine does not apply.
+    quoted = re.findall(pattern, (REPO / document).read_text())
+    assert quoted, f"{document} no longer says the FAKE threshold where this test looks"
+    assert {float(value) for value in quoted} == {SmootherSettings().fake_enter}

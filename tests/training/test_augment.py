@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from stream_detector.training.augment import augment, degraded_view
+from stream_detector.training.augment import STRENGTHS, augment, degraded_view
 from stream_detector.training.dataset import is_lossless_file, jpeg
 
 
@@ -47,3 +48,26 @@ def test_lossless_files_are_told_by_content_not_name(tmp_path):
     real_jpeg = tmp_path / "b.png"
     real_jpeg.write_bytes(cv2.imencode(".jpg", image)[1].tobytes())
     assert is_lossless_file(png_named_jpg) and not is_lossless_file(real_jpeg)
+
+
+def test_the_light_strength_compresses_less_than_the_standard_one():
+    # train.py --augmentation light: the JPEG floor at 60, not 30, in the view and in its twin.
+    smooth = np.tile(np.linspace(0, 255, 128, dtype=np.uint8)[None, :, None], (128, 1, 3))
+    blocky = {}
+    for name in ("standard", "light"):
+        rng = np.random.default_rng(3)
+        views = [augment(smooth, rng, 128, STRENGTHS[name]) for _ in range(80)]
+        twins = [degraded_view(view, rng, STRENGTHS[name]) for view in views]
+        blocky[name] = (np.mean([blockiness(v) for v in views]), np.mean([blockiness(t) for t in twins]))
+    assert blocky["light"][0] < blocky["standard"][0]
+    assert blocky["light"][1] < blocky["standard"][1]
+
+
+def test_an_unknown_strength_is_refused_by_name():
+    from stream_detector.training.dataset import FaceSet
+    from stream_detector.training.loop import AugmentedBatches
+
+    crops = [np.zeros((64, 64, 3), np.uint8)] * 2
+    faces = FaceSet("x", crops, np.array([0, 1]), ("a.png", "b.png"), ("a", "b"), ())
+    with pytest.raises(ValueError, match="heavy"):
+        AugmentedBatches([faces], 2, 0, augmentation="heavy")
