@@ -44,6 +44,9 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    # The strengths' one list (AugmentedBatches takes the same names).
+    from stream_detector.training.augment import STRENGTHS
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -157,7 +160,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--augmentation",
-        choices=["standard", "light"],
+        choices=list(STRENGTHS),
         default="standard",
         help="strength of the codec steps of the symmetric augmentation: standard (JPEG from "
         "quality 30, the shipped models'), or light (from 60, noise half as often; "
