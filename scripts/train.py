@@ -45,7 +45,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     # The strengths' one list (AugmentedBatches takes the same names).
-    from stream_detector.training.augment import STRENGTHS
+    from stream_detector.training.augment import STRENGTHS, TWINS
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -165,6 +165,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="strength of the codec steps of the symmetric augmentation: standard (JPEG from "
         "quality 30, the shipped models'), or light (from 60, noise half as often; "
         "stream_detector/training/augment.py)",
+    )
+    parser.add_argument(
+        "--twin",
+        choices=list(TWINS),
+        default="standard",
+        help="how the consistency twin's sharpness changes: standard (the shipped models': 40 %% of "
+        "twins blurred or scaled down and up), or sharpness (nearly all blurred up to sigma 2.2, "
+        "scaled down and up, or sharpened; stream_detector/training/augment.py)",
     )
     parser.add_argument(
         "--pair-groups",
@@ -439,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             landmarks=landmarks,
             pair_groups=arguments.pair_groups,
             augmentation=arguments.augmentation,
+            twin=arguments.twin,
         )
         settings = {
             "data": sorted(str(root) for root in roots),
@@ -456,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             **({"pair_groups": True} if arguments.pair_groups else {}),
             **({"precision": arguments.precision} if arguments.precision != "float32" else {}),
             **({"augmentation": arguments.augmentation} if arguments.augmentation != "standard" else {}),
+            **({"twin": arguments.twin} if arguments.twin != "standard" else {}),
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
         if arguments.pair_groups:
@@ -519,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "pair_groups": bool(arguments.pair_groups and not arguments.reference),
         "precision": arguments.precision if not arguments.reference else "float32",
         "augmentation": "none" if arguments.reference else arguments.augmentation,
+        "twin": "none" if arguments.reference or arguments.consistency_weight <= 0 else arguments.twin,
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

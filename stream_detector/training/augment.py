@@ -86,20 +86,56 @@ def augment(
     return np.ascontiguousarray(image)
 
 
+@dataclass(frozen=True)
+class Twin:
+    """How the consistency twin (``degraded_view``) changes a view's sharpness before its JPEG pass:
+    the share of twins blurred, scaled down and up, or sharpened, and the ranges drawn from."""
+
+    blur_probability: float
+    blur_sigma: tuple[float, float]
+    downup_probability: float
+    downup_factor: tuple[float, float]
+    sharpen_probability: float = 0.0
+    sharpen_amount: tuple[float, float] = (0.5, 1.2)
+
+
+# standard: the shipped models' twin (v1, v2; 60 % of twins keep their sharpness). sharpness: nearly
+# every twin is blurred (up to sigma 2.2), scaled down and up (up to x3.2) or sharpened, the ranges of
+# the robustness checks, so the consistency loss ties a face's score to its softer and sharper copies:
+# blur and down-up scaling flip 8-63 % of v2's real test faces to FAKE (model card, Robustness).
+TWINS = {
+    "standard": Twin(
+        blur_probability=0.2, blur_sigma=(0.5, 1.5), downup_probability=0.2, downup_factor=(1.5, 3.0)
+    ),
+    "sharpness": Twin(
+        blur_probability=0.35,
+        blur_sigma=(0.5, 2.2),
+        downup_probability=0.3,
+        downup_factor=(1.5, 3.2),
+        sharpen_probability=0.25,
+    ),
+}
+
+
 def degraded_view(
-    image: np.ndarray, rng: np.random.Generator, strength: Strength = STRENGTHS["standard"]
+    image: np.ndarray,
+    rng: np.random.Generator,
+    strength: Strength = STRENGTHS["standard"],
+    twin: Twin = TWINS["standard"],
 ) -> np.ndarray:
-    """The same view after one more JPEG pass, as a re-encoding stream gives it, sometimes blurred or
-    scaled down and up first (a softer camera, a farther face). Its score should not move (the
-    consistency pair in training.loop.AugmentedBatches)."""
+    """The same view after one more JPEG pass, as a re-encoding stream gives it, sometimes blurred,
+    scaled down and up, or sharpened first (a softer camera, a farther face, a sharpening encoder).
+    Its score should not move (the consistency pair in training.loop.AugmentedBatches)."""
     image = np.ascontiguousarray(image)
     change = rng.random()
-    if change < 0.2:
-        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.5))
-    elif change < 0.4:
+    if change < twin.blur_probability:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(*twin.blur_sigma))
+    elif change < twin.blur_probability + twin.downup_probability:
         side = image.shape[0]
-        small = max(16, int(side / rng.uniform(1.5, 3.0)))
+        small = max(16, int(side / rng.uniform(*twin.downup_factor)))
         image = cv2.resize(cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), (side, side))
+    elif change < twin.blur_probability + twin.downup_probability + twin.sharpen_probability:
+        image = sharpen(image, amount=float(rng.uniform(*twin.sharpen_amount)))
     return jpeg(image, int(rng.integers(strength.degraded_jpeg_low, 91)))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from stream_detector.errors import StreamDetectorError
 from stream_detector.pipeline.crops import CROP_SIZE
-from stream_detector.training.augment import STRENGTHS, augment, degraded_view
+from stream_detector.training.augment import STRENGTHS, TWINS, augment, degraded_view
 from stream_detector.training.dataset import FaceSet, resize_crop, split_by_group
 from stream_detector.training.initialise import silent_fraction
 from stream_detector.training.metrics import binary_metrics
@@ -86,6 +86,7 @@ class AugmentedBatches:
         landmarks: list[np.ndarray | None] | None = None,
         pair_groups: bool = False,
         augmentation: str = "standard",
+        twin: str = "standard",
     ) -> None:
         """``augmented=False`` feeds the crops as they are, only resized (the reference recipe).
         ``paired``: each batch is batch_size / 2 augmented views followed by the same views degraded
@@ -107,6 +108,9 @@ class AugmentedBatches:
         if augmentation not in STRENGTHS:
             raise ValueError(f"augmentation {augmentation!r} is not one of {', '.join(STRENGTHS)}")
         self._strength = STRENGTHS[augmentation]
+        if twin not in TWINS:
+            raise ValueError(f"twin {twin!r} is not one of {', '.join(TWINS)}")
+        self._twin = TWINS[twin]
         self._rng = np.random.default_rng(seed)
         # What one epoch is made of: (index, blended) per image; a blend follows its real.
         blendable = (
@@ -223,7 +227,9 @@ class AugmentedBatches:
                 [1.0 if blended else self._labels[index] for index, blended, _ in chosen], np.float32
             )
             if paired:
-                images = images + [degraded_view(image, self._rng, self._strength) for image in images]
+                images = images + [
+                    degraded_view(image, self._rng, self._strength, self._twin) for image in images
+                ]
                 labels = np.concatenate([labels, labels])
             if patches and size < full:
                 offsets = self._rng.integers(0, full - size + 1, (len(chosen), 2))

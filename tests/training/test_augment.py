@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stream_detector.training.augment import STRENGTHS, augment, degraded_view
+from stream_detector.training.augment import STRENGTHS, TWINS, augment, degraded_view
 from stream_detector.training.dataset import is_lossless_file, jpeg
 
 
@@ -71,3 +71,62 @@ def test_an_unknown_strength_is_refused_by_name():
     faces = FaceSet("x", crops, np.array([0, 1]), ("a.png", "b.png"), ("a", "b"), ())
     with pytest.raises(ValueError, match="heavy"):
         AugmentedBatches([faces], 2, 0, augmentation="heavy")
+
+
+def _degraded_view_as_v2_trained(image, rng):
+    """degraded_view as it was written when v2 was trained (before the twin option), kept verbatim so
+    that the standard twin is shown to draw the same twins from the same random state."""
+    import cv2
+
+    image = np.ascontiguousarray(image)
+    change = rng.random()
+    if change < 0.2:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.5))
+    elif change < 0.4:
+        side = image.shape[0]
+        small = max(16, int(side / rng.uniform(1.5, 3.0)))
+        image = cv2.resize(cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), (side, side))
+    return jpeg(image, int(rng.integers(30, 91)))
+
+
+def _textured_face_sized_image():
+    import cv2
+
+    noise = np.random.default_rng(5).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(noise, (0, 0), 1.2)
+
+
+def test_the_standard_twin_draws_exactly_what_v2_trained_on():
+    # train.py's default must still reproduce the shipped model's recipe, draw for draw.
+    image = _textured_face_sized_image()
+    ours, before = np.random.default_rng(9), np.random.default_rng(9)
+    for _ in range(60):
+        assert np.array_equal(degraded_view(image, ours), _degraded_view_as_v2_trained(image, before))
+
+
+def test_the_sharpness_twin_changes_sharpness_both_ways_far_more_often():
+    # train.py --twin sharpness: nearly every twin is softer or sharper than its view by 1.5x or
+    # more in Laplacian variance, some of them sharper; the standard twin keeps most views' sharpness.
+    from stream_detector.training.confounds import laplacian_variance
+
+    image = _textured_face_sized_image()
+    base = laplacian_variance(image)
+    ratios = {}
+    for name in TWINS:
+        rng = np.random.default_rng(4)
+        ratios[name] = np.array(
+            [laplacian_variance(degraded_view(image, rng, twin=TWINS[name])) / base for _ in range(200)]
+        )
+    changed = {name: np.mean((r < 1 / 1.5) | (r > 1.5)) for name, r in ratios.items()}
+    assert changed["sharpness"] > 0.75 and changed["standard"] < 0.45
+    assert np.mean(ratios["sharpness"] > 1.5) > 0.15 and np.mean(ratios["standard"] > 1.5) < 0.1
+
+
+def test_an_unknown_twin_is_refused_by_name():
+    from stream_detector.training.dataset import FaceSet
+    from stream_detector.training.loop import AugmentedBatches
+
+    crops = [np.zeros((64, 64, 3), np.uint8)] * 2
+    faces = FaceSet("x", crops, np.array([0, 1]), ("a.png", "b.png"), ("a", "b"), ())
+    with pytest.raises(ValueError, match="twin 'blurry'"):
+        AugmentedBatches([faces], 2, 0, twin="blurry")
