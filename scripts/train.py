@@ -44,7 +44,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    # The strengths' one list (AugmentedBatches takes the same names).
+    # The strengths' and twins' one lists (AugmentedBatches takes the same names).
     from stream_detector.training.augment import STRENGTHS, TWINS
 
     parser = argparse.ArgumentParser(

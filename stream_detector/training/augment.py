@@ -117,6 +117,14 @@ TWINS = {
 }
 
 
+def named(table: dict, kind: str, name: str):
+    """``table[name]``, or a ValueError naming the unknown choice and the known ones (train.py's
+    --augmentation and --twin offer the same tables as argparse choices)."""
+    if name not in table:
+        raise ValueError(f"{kind} {name!r} is not one of {', '.join(table)}")
+    return table[name]
+
+
 def degraded_view(
     image: np.ndarray,
     rng: np.random.Generator,

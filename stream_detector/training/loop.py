@@ -16,7 +16,7 @@ import numpy as np
 
 from stream_detector.errors import StreamDetectorError
 from stream_detector.pipeline.crops import CROP_SIZE
-from stream_detector.training.augment import STRENGTHS, TWINS, augment, degraded_view
+from stream_detector.training.augment import STRENGTHS, TWINS, augment, degraded_view, named
 from stream_detector.training.dataset import FaceSet, resize_crop, split_by_group
 from stream_detector.training.initialise import silent_fraction
 from stream_detector.training.metrics import binary_metrics
@@ -105,12 +105,8 @@ class AugmentedBatches:
         self.batch_size = batch_size
         self.paired = paired
         self._augmented = augmented
-        if augmentation not in STRENGTHS:
-            raise ValueError(f"augmentation {augmentation!r} is not one of {', '.join(STRENGTHS)}")
-        self._strength = STRENGTHS[augmentation]
-        if twin not in TWINS:
-            raise ValueError(f"twin {twin!r} is not one of {', '.join(TWINS)}")
-        self._twin = TWINS[twin]
+        self._strength = named(STRENGTHS, "augmentation", augmentation)
+        self._twin = named(TWINS, "twin", twin)
         self._rng = np.random.default_rng(seed)
         # What one epoch is made of: (index, blended) per image; a blend follows its real.
         blendable = (

@@ -63,14 +63,18 @@ def test_the_light_strength_compresses_less_than_the_standard_one():
     assert blocky["light"][1] < blocky["standard"][1]
 
 
-def test_an_unknown_strength_is_refused_by_name():
+def _two_faces():
     from stream_detector.training.dataset import FaceSet
-    from stream_detector.training.loop import AugmentedBatches
 
     crops = [np.zeros((64, 64, 3), np.uint8)] * 2
-    faces = FaceSet("x", crops, np.array([0, 1]), ("a.png", "b.png"), ("a", "b"), ())
+    return FaceSet("x", crops, np.array([0, 1]), ("a.png", "b.png"), ("a", "b"), ())
+
+
+def test_an_unknown_strength_is_refused_by_name():
+    from stream_detector.training.loop import AugmentedBatches
+
     with pytest.raises(ValueError, match="heavy"):
-        AugmentedBatches([faces], 2, 0, augmentation="heavy")
+        AugmentedBatches([_two_faces()], 2, 0, augmentation="heavy")
 
 
 def _degraded_view_as_v2_trained(image, rng):
@@ -123,10 +127,7 @@ def test_the_sharpness_twin_changes_sharpness_both_ways_far_more_often():
 
 
 def test_an_unknown_twin_is_refused_by_name():
-    from stream_detector.training.dataset import FaceSet
     from stream_detector.training.loop import AugmentedBatches
 
-    crops = [np.zeros((64, 64, 3), np.uint8)] * 2
-    faces = FaceSet("x", crops, np.array([0, 1]), ("a.png", "b.png"), ("a", "b"), ())
     with pytest.raises(ValueError, match="twin 'blurry'"):
-        AugmentedBatches([faces], 2, 0, twin="blurry")
+        AugmentedBatches([_two_faces()], 2, 0, twin="blurry")
