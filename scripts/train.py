@@ -43,6 +43,17 @@ FALSE_ALARM_RATE = 0.01  # per real face, at the recorded FAKE threshold
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
+def share(text: str) -> float:
+    """A share in (0, 1], for --blend-share; anything else is argparse's one-line error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {text}")
+    return value
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     # The strengths' and twins' one lists (AugmentedBatches takes the same names).
     from stream_detector.training.augment import STRENGTHS, TWINS
@@ -173,6 +184,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="how the consistency twin's sharpness changes: standard (the shipped models': 40 %% of "
         "twins blurred or scaled down and up), or sharpness (nearly all blurred up to sigma 2.2, "
         "scaled down and up, or sharpened; stream_detector/training/augment.py)",
+    )
+    parser.add_argument(
+        "--blend-share",
+        type=share,
+        default=0.5,
+        help="share of the real training faces blended each epoch, and so of the fake class that is "
+        "self-blended (the rest: real fakes); 0.5 is the shipped models', at most 1",
     )
     parser.add_argument(
         "--pair-groups",
@@ -448,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             pair_groups=arguments.pair_groups,
             augmentation=arguments.augmentation,
             twin=arguments.twin,
+            blend_share=arguments.blend_share,
         )
         settings = {
             "data": sorted(str(root) for root in roots),
@@ -466,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             **({"precision": arguments.precision} if arguments.precision != "float32" else {}),
             **({"augmentation": arguments.augmentation} if arguments.augmentation != "standard" else {}),
             **({"twin": arguments.twin} if arguments.twin != "standard" else {}),
+            **({"blend_share": arguments.blend_share} if arguments.blend_share != 0.5 else {}),
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
         if arguments.pair_groups:
@@ -530,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": arguments.precision if not arguments.reference else "float32",
         "augmentation": "none" if arguments.reference else arguments.augmentation,
         "twin": "none" if arguments.reference or arguments.consistency_weight <= 0 else arguments.twin,
+        "blend_share": arguments.blend_share if arguments.self_blend and not arguments.reference else 0.0,
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

@@ -87,10 +87,15 @@ class AugmentedBatches:
         pair_groups: bool = False,
         augmentation: str = "standard",
         twin: str = "standard",
+        blend_share: float = 0.5,
     ) -> None:
         """``augmented=False`` feeds the crops as they are, only resized (the reference recipe).
         ``paired``: each batch is batch_size / 2 augmented views followed by the same views degraded
-        further (augment.degraded_view), in the same order, for the consistency loss (paired_loss)."""
+        further (augment.degraded_view), in the same order, for the consistency loss (paired_loss).
+        ``blend_share``: the share of the reals blended each epoch, so of the fake class that is
+        self-blended (the rest are real fakes); 0.5 is the shipped models'."""
+        if not 0.0 < blend_share <= 1.0:
+            raise ValueError(f"the blend share must be in (0, 1], not {blend_share}")
         if paired and (batch_size % 2 or not augmented):
             raise ValueError("paired batches need an even batch size and augmentation")
         self._crops = [crop for faces in sources for crop in faces.crops]
@@ -130,11 +135,12 @@ class AugmentedBatches:
                 if groups[index] in real_of_group
             }
         if landmarks is not None:
-            # Balanced epochs: every real once; half of them (at most) with its blend right after it;
-            # real fakes drawn afresh each epoch to make up the other half of the fake class. With
+            # Balanced epochs: every real once; blend_share of them (at most; half in the shipped
+            # models) with its blend right after it; real fakes drawn afresh each epoch to make up
+            # the rest of the fake class. With
             # twice as many fakes as reals the network settled on the prior and its ReLUs died
             # (model card, "Experiments": the first v1 run).
-            self.blended_pairs = min(len(self._blendable), len(self._reals) // 2)
+            self.blended_pairs = min(len(self._blendable), int(len(self._reals) * blend_share))
             self._fakes_per_epoch = min(len(self._fakes), len(self._reals) - self.blended_pairs)
         else:
             self.blended_pairs = 0

@@ -111,6 +111,46 @@ def test_each_blendable_real_comes_with_its_blend_in_the_same_batch_through_the_
     assert images.shape == (8, 96, 96, 3)
 
 
+def blendable_set(reals: int, fakes: int):
+    """Textured synthetic reals, each with landmarks, and flat grey fakes (told from blends by
+    their texture): the faces and their landmark list."""
+    from tests.training.test_blending import synthetic_face
+
+    crops, landmarks = [], []
+    for seed in range(reals):
+        image, points = synthetic_face(96, seed)
+        crops.append(image)
+        landmarks.append(points)
+    crops += [np.full((96, 96, 3), 128, np.uint8) for _ in range(fakes)]
+    landmarks += [None] * fakes
+    labels = np.array([0] * reals + [1] * fakes, np.int32)
+    names = [str(i) for i in range(reals + fakes)]
+    return FaceSet("toy", crops, labels, [f"{n}.png" for n in names], names, ()), landmarks
+
+
+@pytest.mark.parametrize(("share", "blends"), [(0.5, 4), (0.75, 6), (1.0, 8)])
+def test_the_blend_share_sets_how_much_of_the_fake_class_is_self_blended(share, blends):
+    faces, landmarks = blendable_set(reals=8, fakes=8)
+    batches = AugmentedBatches([faces], batch_size=4, seed=5, landmarks=landmarks, blend_share=share)
+    # Still balanced: every real once, and as many fakes, blends first and real fakes for the rest.
+    assert batches.blended_pairs == blends and len(batches) == 16
+    for _ in range(2):  # every epoch has the same make-up
+        epoch = list(batches.epoch(96))
+        images = np.concatenate([batch for batch, _ in epoch])
+        targets = np.concatenate([target for _, target in epoch]).reshape(-1)
+        assert len(targets) == 16 and targets.sum() == 8
+        textured = images.reshape(16, -1).std(axis=1) > 6  # the textures: 11-17, grey: under 3
+        assert textured[targets == 1].sum() == blends  # the blends; the grey fakes are the rest
+        assert textured[targets == 0].all()
+
+
+def test_a_blend_share_outside_zero_to_one_is_refused_by_value():
+    faces, landmarks = blendable_set(reals=2, fakes=2)
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"blend share .*{share}"):
+            AugmentedBatches([faces], batch_size=4, seed=5, landmarks=landmarks, blend_share=share)
+
+
 @pytest.mark.slow
 def test_training_resumes_after_its_last_epoch_and_refuses_other_settings(tmp_path):
     from stream_detector.errors import StreamDetectorError
