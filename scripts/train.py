@@ -57,6 +57,7 @@ def share(text: str) -> float:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     # The strengths' and twins' one lists (AugmentedBatches takes the same names).
     from stream_detector.training.augment import STRENGTHS, TWINS
+    from stream_detector.training.loop import BOUNDARY_STRIDES
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,6 +95,20 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=CONSISTENCY_WEIGHT,
         help="weight of the loss that ties each view's score to its further-compressed twin's "
         "(stream_detector/training.py; 0 turns the pairs off)",
+    )
+    parser.add_argument(
+        "--boundary-weight",
+        type=float,
+        default=0.0,
+        help="weight of a training-only head's loss that maps where each self-blend's blending "
+        "boundary runs (zeros for reals) from --boundary-layer; 0 (the shipped models') turns it "
+        "off; the shipped file never has the head (stream_detector/training/loop.py)",
+    )
+    parser.add_argument(
+        "--boundary-layer",
+        choices=list(BOUNDARY_STRIDES),
+        default="conv4",
+        help="the convolution the boundary head reads (conv4: 28x28 cells at 224 px; conv6, the last: 7x7)",
     )
     parser.add_argument(
         "--self-blend",
@@ -277,6 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         raise StreamDetectorError(
             f"--consistency-weight must be 0 (off) or more, not {arguments.consistency_weight}"
         )
+    if arguments.boundary_weight < 0:
+        raise StreamDetectorError(
+            f"--boundary-weight must be 0 (off) or more, not {arguments.boundary_weight}"
+        )
+    if arguments.boundary_weight > 0 and (arguments.reference or not arguments.self_blend):
+        raise StreamDetectorError("--boundary-weight needs --self-blend (its maps come from the blends)")
+    if arguments.boundary_weight > 0 and arguments.low_epochs and arguments.low_mode == "patch":
+        raise StreamDetectorError(
+            "--boundary-weight needs whole crops: use --low-mode resize or --low-epochs 0"
+        )
     if not 0.0 <= arguments.dense_dropout < 1.0:
         raise StreamDetectorError(f"--dense-dropout must be in [0, 1), not {arguments.dense_dropout}")
     if arguments.consistency_weight > 0 and arguments.batch_size % 2:
@@ -434,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             learning_rate=arguments.learning_rate,
             patches=arguments.low_mode == "patch",
             consistency_weight=arguments.consistency_weight,
+            boundary_weight=arguments.boundary_weight,
         )
         keras.mixed_precision.set_global_policy(arguments.precision)
         model = build_model(input_size=None, dropout=arguments.dense_dropout)
@@ -467,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             augmentation=arguments.augmentation,
             twin=arguments.twin,
             blend_share=arguments.blend_share,
+            boundary_layer=arguments.boundary_layer if arguments.boundary_weight > 0 else None,
         )
         settings = {
             "data": sorted(str(root) for root in roots),
@@ -486,6 +513,11 @@ def main(argv: list[str] | None = None) -> int:
             **({"augmentation": arguments.augmentation} if arguments.augmentation != "standard" else {}),
             **({"twin": arguments.twin} if arguments.twin != "standard" else {}),
             **({"blend_share": arguments.blend_share} if arguments.blend_share != 0.5 else {}),
+            **(
+                {"boundary_weight": arguments.boundary_weight, "boundary_layer": arguments.boundary_layer}
+                if arguments.boundary_weight
+                else {}
+            ),
         }
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
         if arguments.pair_groups:
@@ -551,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         "augmentation": "none" if arguments.reference else arguments.augmentation,
         "twin": "none" if arguments.reference or arguments.consistency_weight <= 0 else arguments.twin,
         "blend_share": arguments.blend_share if arguments.self_blend and not arguments.reference else 0.0,
+        "boundary_weight": arguments.boundary_weight,
+        "boundary_layer": arguments.boundary_layer if arguments.boundary_weight > 0 else None,
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

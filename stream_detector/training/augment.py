@@ -49,6 +49,19 @@ def augment(
     strength: Strength = STRENGTHS["standard"],
 ) -> np.ndarray:
     """One randomly degraded (size, size, 3) uint8 view of a native-resolution RGB face crop."""
+    return augment_with_mask(crop_rgb, None, rng, size, strength)[0]
+
+
+def augment_with_mask(
+    crop_rgb: np.ndarray,
+    mask: np.ndarray | None,
+    rng: np.random.Generator,
+    size: int = CROP_SIZE,
+    strength: Strength = STRENGTHS["standard"],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``augment``'s view, and a float32 (H, W) mask of the crop moved with it: the same window and
+    the same flip, so a blend weight still covers the pixels it blended. The mask draws nothing from
+    ``rng``: with or without it the image is the same, decision for decision."""
     image = crop_rgb
     if rng.random() < 0.9:
         image = jpeg(image, int(rng.integers(strength.jpeg_low, 96)))
@@ -63,6 +76,10 @@ def augment(
         cut = int(side * rng.uniform(0.0, 0.08))
         dx, dy = rng.integers(0, cut + 1, 2)
         image = image[dy : side - cut + dy, dx : side - cut + dx]
+        if mask is not None:  # the same window, in the mask's own pixels
+            scale = mask.shape[0] / side
+            left, top, width = round(dx * scale), round(dy * scale), round((side - cut) * scale)
+            mask = mask[top : top + width, left : left + width]
     image = (
         resize_crop(image, size)
         if rng.random() < 0.5
@@ -81,9 +98,10 @@ def augment(
         image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
     if rng.random() < 0.5:
         image = image[:, ::-1]
+        mask = mask[:, ::-1] if mask is not None else None
     if rng.random() < 0.3:
         image = jpeg(np.ascontiguousarray(image), int(rng.integers(strength.second_jpeg_low, 96)))
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(image), (np.ascontiguousarray(mask) if mask is not None else None)
 
 
 @dataclass(frozen=True)

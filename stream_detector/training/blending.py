@@ -131,6 +131,14 @@ def _source_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def self_blend(image_rgb: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One self-blended pseudo-fake of a real RGB crop, with its FaceMesh landmarks in crop pixels."""
+    return self_blend_with_weight(image_rgb, landmarks, rng)[0]
+
+
+def self_blend_with_weight(
+    image_rgb: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``self_blend``'s pseudo-fake and its blend weight (H, W) float32 in [0, 1]: how much of each
+    pixel came from the transformed copy (the deformed mask times the blend ratio)."""
     names = list(MASK_REGIONS)
     weights = np.array([MASK_REGIONS[name][1] for name in names])
     region = names[int(rng.choice(len(names), p=weights / weights.sum()))]
@@ -140,7 +148,21 @@ def self_blend(image_rgb: np.ndarray, landmarks: np.ndarray, rng: np.random.Gene
     source = _quality_change(_colour_shift(_source_jitter(image_rgb, rng), rng), rng)
     weight = (mask * float(rng.choice(BLEND_RATIOS)))[..., None]
     blended = source.astype(np.float32) * weight + image_rgb.astype(np.float32) * (1.0 - weight)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8), weight[..., 0]
+
+
+def boundary_map(weight: np.ndarray, side: int) -> np.ndarray:
+    """The blending boundary of a blend weight as a (side, side) float32 map in [0, 1] (Face X-ray's
+    B = 4 w (1 - w); Li et al., CVPR 2020): high where the two copies mix, zero where the picture is
+    all one of them. Area-resized to the map's side, then scaled back to its full-resolution peak so a
+    boundary a few pixels wide does not fade to nothing in a coarse map."""
+    boundary = 4.0 * weight * (1.0 - weight)
+    peak = float(boundary.max())
+    small = cv2.resize(boundary.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+    small_peak = float(small.max())
+    if peak <= 0.0 or small_peak <= 0.0:
+        return np.zeros((side, side), np.float32)
+    return np.clip(small * (peak / small_peak), 0.0, 1.0).astype(np.float32)
 
 
 def usable_landmarks(landmarks: np.ndarray | None, shape: tuple[int, ...], min_side: int = 48) -> bool:

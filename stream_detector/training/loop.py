@@ -16,13 +16,23 @@ import numpy as np
 
 from stream_detector.errors import StreamDetectorError
 from stream_detector.pipeline.crops import CROP_SIZE
-from stream_detector.training.augment import STRENGTHS, TWINS, augment, degraded_view, named
+from stream_detector.training.augment import STRENGTHS, TWINS, augment_with_mask, degraded_view, named
 from stream_detector.training.dataset import FaceSet, resize_crop, split_by_group
 from stream_detector.training.initialise import silent_fraction
 from stream_detector.training.metrics import binary_metrics
 
 SPLIT_FRACTIONS = {"train": 0.70, "validation": 0.15, "test": 0.15}
 MONITOR_ONLY_PREFIX = "sbi"
+# The layers the boundary head (train --boundary-weight, --boundary-layer) may read, and how many
+# input pixels one cell of each spans: conv4 (32 channels) is 28x28 at 224 px, conv6 (16 channels,
+# what the global pooling averages into everything the dense head sees) 7x7.
+BOUNDARY_STRIDES = {"conv4": 8, "conv5": 16, "conv6": 32}
+# A boundary map cell that says nothing (a real fake: where its manipulation lies is unknown).
+UNSUPERVISED = -1.0
+# The head's logits are this many times its convolution's output, and start at about the share of a
+# supervised cell that is boundary (reals' maps are empty; a blend's boundary fills part of its map).
+BOUNDARY_HEAD_SCALE = 20.0
+BOUNDARY_PRIOR_LOGIT = -2.4
 
 
 @dataclass(frozen=True)
@@ -88,12 +98,17 @@ class AugmentedBatches:
         augmentation: str = "standard",
         twin: str = "standard",
         blend_share: float = 0.5,
+        boundary_layer: str | None = None,
     ) -> None:
         """``augmented=False`` feeds the crops as they are, only resized (the reference recipe).
         ``paired``: each batch is batch_size / 2 augmented views followed by the same views degraded
         further (augment.degraded_view), in the same order, for the consistency loss (paired_loss).
         ``blend_share``: the share of the reals blended each epoch, so of the fake class that is
-        self-blended (the rest are real fakes); 0.5 is the shipped models'."""
+        self-blended (the rest are real fakes); 0.5 is the shipped models'.
+        ``boundary_layer`` (a key of BOUNDARY_STRIDES): each batch also carries a (batch, side, side,
+        1) target for a boundary head on that layer (side = size / its stride): a self-blend's
+        blending boundary (blending.boundary_map), zeros for a real (nothing was blended),
+        UNSUPERVISED for a real fake."""
         if not 0.0 < blend_share <= 1.0:
             raise ValueError(f"the blend share must be in (0, 1], not {blend_share}")
         if paired and (batch_size % 2 or not augmented):
@@ -107,6 +122,10 @@ class AugmentedBatches:
                 "self-blended pairs need a batch size divisible by 2 (by 4 with consistency pairs)"
             )
         self._landmarks = landmarks
+        if boundary_layer is not None:
+            named(BOUNDARY_STRIDES, "boundary layer", boundary_layer)
+        self.boundary_layer = boundary_layer
+        self.boundary_maps = boundary_layer is not None
         self.batch_size = batch_size
         self.paired = paired
         self._augmented = augmented
@@ -197,15 +216,31 @@ class AugmentedBatches:
         units = pairs + [singles[i : i + 2] for i in range(0, len(singles) - 1, 2)]
         return [item for position in self._rng.permutation(len(units)) for item in units[position]]
 
-    def _view(self, index: int, blended: bool, size: int, seed: int) -> np.ndarray:
-        crop = self._crops[index]
-        if blended:
-            from stream_detector.training.blending import self_blend
+    def _view(self, index: int, blended: bool, size: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model input, and with boundary maps its (side, side) target."""
+        from stream_detector.training.blending import boundary_map, self_blend_with_weight
 
-            crop = self_blend(crop, self._landmarks[index], np.random.default_rng(seed + 1))
+        crop, weight = self._crops[index], None
+        if blended:
+            crop, weight = self_blend_with_weight(
+                crop, self._landmarks[index], np.random.default_rng(seed + 1)
+            )
+        elif self.boundary_maps and self._labels[index] == 0:
+            weight = np.zeros(crop.shape[:2], np.float32)
         # The same seed for a real and its blend: the same augmentation, decision for decision.
         rng = np.random.default_rng(seed)
-        return augment(crop, rng, size, self._strength) if self._augmented else resize_crop(crop, size)
+        if self._augmented:
+            image, weight = augment_with_mask(
+                crop, weight if self.boundary_maps else None, rng, size, self._strength
+            )
+        else:
+            image = resize_crop(crop, size)
+        if not self.boundary_maps:
+            return image, None
+        side = max(1, size // BOUNDARY_STRIDES[self.boundary_layer])
+        if weight is None:
+            return image, np.full((side, side), UNSUPERVISED, np.float32)
+        return image, boundary_map(weight, side)
 
     def epoch(self, size: int, patches: bool = False, pairs: bool = True):
         """One epoch in random order. ``patches``: random size x size windows of the 224 px crop, so the
@@ -221,10 +256,12 @@ class AugmentedBatches:
                 break
             seeds = self._rng.integers(0, 2**62, len(chosen))
             shared = {}  # the two images of a pair share one seed
-            images = []
+            images, maps = [], []
             for (index, blended, key), seed in zip(chosen, seeds, strict=True):
                 seed = shared.setdefault(key, int(seed))
-                images.append(self._view(index, blended, full, seed))
+                image, target = self._view(index, blended, full, seed)
+                images.append(image)
+                maps.append(target)
             labels = np.array(
                 [1.0 if blended else self._labels[index] for index, blended, _ in chosen], np.float32
             )
@@ -233,14 +270,20 @@ class AugmentedBatches:
                     degraded_view(image, self._rng, self._strength, self._twin) for image in images
                 ]
                 labels = np.concatenate([labels, labels])
+                maps = maps + maps  # the twin changes no geometry
             if patches and size < full:
+                if self.boundary_maps:
+                    raise ValueError("boundary maps need whole crops, not low-resolution patches")
                 offsets = self._rng.integers(0, full - size + 1, (len(chosen), 2))
                 if paired:  # both views of a face through the same window
                     offsets = np.concatenate([offsets, offsets])
                 images = [
                     image[y : y + size, x : x + size] for image, (y, x) in zip(images, offsets, strict=True)
                 ]
-            yield np.stack(images).astype(np.float32), labels.reshape(-1, 1)
+            if self.boundary_maps:
+                yield np.stack(images).astype(np.float32), labels.reshape(-1, 1), np.stack(maps)[..., None]
+            else:
+                yield np.stack(images).astype(np.float32), labels.reshape(-1, 1)
 
 
 def prefetched(batches, depth: int = 3):
@@ -322,6 +365,48 @@ def paired_loss(consistency_weight, label_smoothing: float = LABEL_SMOOTHING):
     return loss
 
 
+def boundary_loss():
+    """Binary cross-entropy of the boundary head, averaged over the map cells that have a target
+    (a real fake's are UNSUPERVISED: they add nothing)."""
+    from keras import ops
+
+    def loss(y_true, y_pred):
+        probability = ops.clip(ops.cast(y_pred, "float32"), 1e-6, 1.0 - 1e-6)
+        y_true = ops.cast(y_true, "float32")
+        supervised = ops.cast(y_true >= 0.0, "float32")
+        target = ops.maximum(y_true, 0.0)
+        cross = -(target * ops.log(probability) + (1.0 - target) * ops.log(1.0 - probability))
+        return ops.sum(cross * supervised) / ops.maximum(ops.sum(supervised), 1.0)
+
+    return loss
+
+
+def with_boundary_head(model, layer: str):
+    """A training-only model: ``model``'s output and a boundary map read off ``layer`` by one
+    1x1 convolution. The head shares every weight of ``model`` and is dropped when training ends, so
+    the shipped network stays the reference one; what it leaves behind is a last convolution whose
+    channels had to say where a blend's boundary runs (dense evidence, not one label per face)."""
+    import keras
+    from keras import layers
+
+    features = model.get_layer(layer).output
+    # A fresh head at a fine-tune's learning rate (1e-4) would move its logits by ~1e-4 a step and
+    # sit at p = 0.5 for thousands of steps, sending the trunk gradients that only say "lower": its
+    # logits are scaled up (Adam's steps are the same size whatever the scale, so the head learns
+    # BOUNDARY_HEAD_SCALE times faster than the trunk) and start at the maps' prior.
+    logits = layers.Conv2D(
+        1,
+        1,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        bias_initializer=keras.initializers.Constant(BOUNDARY_PRIOR_LOGIT / BOUNDARY_HEAD_SCALE),
+        dtype="float32",
+        name="boundary_logits",
+    )(features)
+    logits = layers.Rescaling(BOUNDARY_HEAD_SCALE, dtype="float32", name="boundary_scale")(logits)
+    head = layers.Activation("sigmoid", dtype="float32", name="boundary")(logits)
+    return keras.Model(model.input, [model.output, head], name="with_boundary_head")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Epochs at a low resolution (cheap) followed by epochs at the model's 224 input."""
@@ -339,6 +424,9 @@ class Schedule:
     # the term then removes the part of a learned score that compression moves. Whether it could run
     # from the first step in resize mode is untested (model card, "Experiments", runs C and D).
     consistency_ramp: tuple[float, float] = (0.5, 0.75)
+    # > 0 with boundary maps (AugmentedBatches(boundary_maps=True)): the weight of the boundary head's
+    # loss (boundary_loss) beside the classification loss, from the first step.
+    boundary_weight: float = 0.0
 
     def sizes(self) -> list[int]:
         return [self.low_size] * self.low_epochs + [self.high_size] * self.high_epochs
@@ -400,17 +488,29 @@ def train(
     optimizer = training_optimizer(schedule.learning_rate)
     if batches.paired != (schedule.consistency_weight > 0):
         raise ValueError("a consistency weight needs paired batches, and paired batches need one")
+    if batches.boundary_maps != (schedule.boundary_weight > 0):
+        raise ValueError("a boundary weight needs batches with boundary maps, and they need one")
     consistency = keras.Variable(0.0, trainable=False, dtype="float32", name="consistency_weight")
     loss = paired_loss(consistency) if batches.paired else plain_loss()
-    model.compile(optimizer=optimizer, loss=loss)
+    # With the boundary head the steps train ``trainer``, which shares every weight of ``model``;
+    # validation, the checkpoint's weights and the result stay ``model``'s.
+    trainer = with_boundary_head(model, batches.boundary_layer) if batches.boundary_maps else model
+    if batches.boundary_maps:
+        trainer.compile(
+            optimizer=optimizer, loss=[loss, boundary_loss()], loss_weights=[1.0, schedule.boundary_weight]
+        )
+    else:
+        trainer.compile(optimizer=optimizer, loss=loss)
     steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * len(schedule.sizes())
     step, best, history, started = 0, None, [], time.time()
     first_epoch, minutes_before = 1, 0.0
     if resume:
         state = load_checkpoint(checkpoint, settings or {})
-        optimizer.build(model.trainable_variables)
+        optimizer.build(trainer.trainable_variables)
         model.set_weights(state["weights"])
+        if batches.boundary_maps:
+            trainer.get_layer("boundary_logits").set_weights(state["boundary_head"])
         for variable, value in zip(optimizer.variables, state["optimizer"], strict=True):
             variable.assign(value)
         batches.rng_state = state["rng_state"]
@@ -437,7 +537,7 @@ def train(
         if stop_after_epoch is not None and epoch > stop_after_epoch:
             log(f"stop: after epoch {stop_after_epoch} of {len(schedule.sizes())} (--stop-after-epoch)")
             break
-        losses = []
+        losses, boundary_losses = [], []
         bar = tqdm(
             # Before the consistency term starts, each step spends its batch on distinct faces.
             prefetched(
@@ -451,14 +551,21 @@ def train(
             desc=f"epoch {epoch} @{size}px",
             disable=not progress,
         )
-        for images, labels in bar:
+        for images, labels, *maps in bar:
             optimizer.learning_rate.assign(
                 cosine_with_warmup(step, total_steps, schedule.learning_rate, schedule.warmup_steps)
             )
             consistency.assign(
                 schedule.consistency_weight * ramp(step, total_steps, *schedule.consistency_ramp)
             )
-            losses.append(float(model.train_on_batch(images, labels)))
+            if maps:
+                # Keras names each output's loss after its layer: p_fake (the classification, with
+                # the consistency term) and boundary.
+                logs = trainer.train_on_batch(images, [labels, maps[0]], return_dict=True)
+                losses.append(float(logs["p_fake_loss"]))
+                boundary_losses.append(float(logs["boundary_loss"]))
+            else:
+                losses.append(float(trainer.train_on_batch(images, labels)))
             step += 1
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -471,6 +578,7 @@ def train(
             "size": size,
             "train_loss": float(np.mean(losses)),
             "consistency_weight": float(keras.ops.convert_to_numpy(consistency)),
+            **({"boundary_loss": float(np.mean(boundary_losses))} if boundary_losses else {}),
             "validation_mean_auc": report["mean_auc"],
             "silent_channels": silent_fraction(
                 model, np.concatenate([plain_batch(faces, size) for faces in liveness_faces])
@@ -495,6 +603,11 @@ def train(
                     "epoch": epoch,
                     "step": step,
                     "weights": model.get_weights(),
+                    **(
+                        {"boundary_head": trainer.get_layer("boundary_logits").get_weights()}
+                        if batches.boundary_maps
+                        else {}
+                    ),
                     "optimizer": [np.asarray(keras.ops.convert_to_numpy(v)) for v in optimizer.variables],
                     "rng_state": batches.rng_state,
                     "history": history,

@@ -211,6 +211,9 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
         (["--consistency-weight", "-1"], "--consistency-weight"),
         (["--batch-size", "31"], "--batch-size 31"),
         (["--dense-dropout", "1"], "--dense-dropout"),
+        (["--boundary-weight", "-1"], "--boundary-weight must be 0"),
+        (["--boundary-weight", "1", "--no-self-blend"], "--boundary-weight needs --self-blend"),
+        (["--boundary-weight", "1", "--low-epochs", "2", "--low-mode", "patch"], "needs whole crops"),
     ],
 )
 def test_train_refuses_bad_consistency_settings_in_one_line(arguments, named, tmp_path):

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -131,3 +132,22 @@ def test_an_unknown_twin_is_refused_by_name():
 
     with pytest.raises(ValueError, match="twin 'blurry'"):
         AugmentedBatches([_two_faces()], 2, 0, twin="blurry")
+
+
+def test_a_mask_moves_with_its_view_and_changes_nothing_the_view_draws():
+    from stream_detector.training.augment import augment_with_mask
+
+    # The left half bright, the right half dark, and a mask of the left half.
+    image = np.zeros((160, 160, 3), np.uint8)
+    image[:, :80] = 220
+    mask = np.zeros((160, 160), np.float32)
+    mask[:, :80] = 1.0
+    flipped = 0
+    for seed in range(24):
+        view, moved = augment_with_mask(image, mask, np.random.default_rng(seed), 112)
+        assert np.array_equal(view, augment(image, np.random.default_rng(seed), 112))
+        columns_view = view.mean(axis=(0, 2))
+        small = cv2.resize(moved, (112, 112), interpolation=cv2.INTER_AREA).mean(axis=0)
+        assert np.corrcoef(columns_view, small)[0, 1] > 0.9  # bright where the mask is, flipped or not
+        flipped += int(small[:20].mean() < 0.5)
+    assert 4 <= flipped <= 20  # about half the views are mirrored, their masks with them

@@ -93,3 +93,33 @@ def test_facemesh_finds_the_landmarks_of_a_real_photographed_face(astronaut_bgr)
     # The face fills the middle of its 1.5x crop: the oval is inside, and big enough to blend.
     assert usable_landmarks(points, crop.shape)
     assert FaceMeshLandmarker().landmarks(np.zeros_like(crop)) is None
+
+
+def test_a_blend_weight_covers_exactly_the_pixels_the_blend_changed():
+    from stream_detector.training.blending import self_blend_with_weight
+
+    image, points = synthetic_face(160, seed=4)
+    blended, weight = self_blend_with_weight(image, points, np.random.default_rng(2))
+    assert weight.shape == image.shape[:2] and weight.dtype == np.float32
+    assert weight.min() >= 0.0 and weight.max() <= 1.0 and weight.max() > 0.2
+    changed = np.abs(blended.astype(np.int16) - image.astype(np.int16)).max(axis=2) > 2
+    # Where nothing came from the copy the picture is untouched; the change lies under the weight.
+    assert not changed[weight == 0.0].any()
+    assert changed[weight > 0.5].mean() > 0.5
+    # The same draws as self_blend: the pseudo-fake does not depend on whether the weight is asked for.
+    assert np.array_equal(self_blend(image, points, np.random.default_rng(2)), blended)
+
+
+def test_the_boundary_map_rings_the_blend_and_is_empty_without_one():
+    from stream_detector.training.blending import boundary_map
+
+    yy, xx = np.mgrid[0:224, 0:224]
+    disc = ((yy - 112) ** 2 + (xx - 112) ** 2 < 70**2).astype(np.float32)
+    weight = cv2.GaussianBlur(disc, (0, 0), 6)
+    ring = boundary_map(weight, 7)
+    assert ring.shape == (7, 7) and ring.max() == pytest.approx(1.0, abs=0.02)
+    # High on the disc's edge, low in its middle (all copy) and in the corners (all original).
+    assert ring[3, 3] < 0.1 and ring[0, 0] < 0.1 and ring[3, 1] > 0.5 and ring[1, 3] > 0.5
+    # A half blend mixes the two copies all over the inner face: the inside is boundary too.
+    assert boundary_map(weight * 0.5, 7)[3, 3] > 0.9
+    assert not boundary_map(np.zeros((224, 224), np.float32), 7).any()

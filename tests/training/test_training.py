@@ -258,3 +258,76 @@ def test_group_pairs_give_way_to_blends_only_when_other_reals_run_short():
             assert fake - 1 not in blended and keys[fake] == fake - 1
             position = [index for index, _, _ in order].index(fake)
             assert order[position - 1][0] == fake - 1 and position % 2 == 1
+
+
+def test_boundary_maps_mark_each_blend_leave_reals_empty_and_real_fakes_unsupervised():
+    from stream_detector.training.loop import UNSUPERVISED
+
+    faces, landmarks = blendable_set(reals=8, fakes=8)
+    batches = AugmentedBatches([faces], batch_size=4, seed=5, landmarks=landmarks, boundary_layer="conv6")
+    kinds = {"real": 0, "blend": 0, "fake": 0}
+    for images, labels, maps in batches.epoch(224):
+        assert images.shape == (4, 224, 224, 3) and maps.shape == (4, 7, 7, 1)
+        for image, label, target in zip(images, labels.reshape(-1), maps, strict=True):
+            textured = image.std() > 6  # the synthetic faces; the real fakes are flat grey
+            if label == 0:
+                assert not target.any()
+                kinds["real"] += 1
+            elif textured:
+                assert target.min() >= 0.0 and target.max() > 0.3
+                kinds["blend"] += 1
+            else:
+                assert (target == UNSUPERVISED).all()
+                kinds["fake"] += 1
+    assert kinds == {"real": 8, "blend": 4, "fake": 4}
+    # A head on conv4 gets a map of conv4's 28x28 cells at 224 px; an unknown layer is named.
+    deeper = AugmentedBatches([faces], batch_size=4, seed=5, landmarks=landmarks, boundary_layer="conv4")
+    assert next(iter(deeper.epoch(224)))[2].shape == (4, 28, 28, 1)
+    with pytest.raises(ValueError, match="boundary layer 'dense1' is not one of conv4, conv5, conv6"):
+        AugmentedBatches([faces], batch_size=4, seed=5, landmarks=landmarks, boundary_layer="dense1")
+    # Without the option the batches are what every earlier run trained on: images and labels only.
+    plain = AugmentedBatches([faces], batch_size=4, seed=5, landmarks=landmarks)
+    assert all(len(batch) == 2 for batch in plain.epoch(96))
+
+
+def test_the_boundary_loss_counts_only_supervised_cells():
+    from stream_detector.training.loop import UNSUPERVISED, boundary_loss
+
+    loss = boundary_loss()
+    target = np.full((2, 3, 3, 1), UNSUPERVISED, np.float32)
+    target[0] = 0.0
+    prediction = np.full((2, 3, 3, 1), 0.5, np.float32)
+    prediction[1] = 0.99  # the unsupervised face's cells: wrong by any target, and not counted
+    assert float(loss(target, prediction)) == pytest.approx(np.log(2.0), rel=1e-4)
+    assert float(loss(np.full_like(target, UNSUPERVISED), prediction)) == 0.0
+
+
+@pytest.mark.slow
+def test_training_with_the_boundary_head_resumes_and_ships_the_reference_network(tmp_path):
+    from stream_detector.pipeline.model import build_model
+    from stream_detector.training.loop import train
+
+    faces, landmarks = blendable_set(reals=8, fakes=8)
+    checkpoint = tmp_path / "checkpoint.pkl"
+
+    def run(epochs, resume):
+        model = build_model(input_size=None)
+        batches = AugmentedBatches([faces], batch_size=8, seed=0, landmarks=landmarks, boundary_layer="conv4")
+        schedule = Schedule(0, 64, epochs, high_size=224, warmup_steps=1, boundary_weight=1.0)
+        result = train(
+            model, batches, {"toy": faces}, schedule, log=lambda _: None, progress=False,
+            checkpoint=checkpoint, resume=resume, settings={"seed": 0},
+        )  # fmt: skip
+        return model, result
+
+    model, first = run(2, resume=False)
+    assert all(entry["boundary_loss"] > 0 for entry in first["history"])
+    assert "boundary" not in [layer.name for layer in model.layers]
+    assert len(model.get_weights()) == len(build_model(input_size=None).get_weights())
+    _, resumed = run(3, resume=True)
+    assert [entry["epoch"] for entry in resumed["history"]] == [1, 2, 3]
+    with pytest.raises(ValueError, match="boundary weight needs batches with boundary maps"):
+        train(
+            build_model(input_size=None), AugmentedBatches([faces], batch_size=8, seed=0), {"toy": faces},
+            Schedule(0, 64, 1, high_size=224, boundary_weight=1.0), log=lambda _: None, progress=False,
+        )  # fmt: skip
