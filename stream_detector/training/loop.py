@@ -407,6 +407,20 @@ def with_boundary_head(model, layer: str):
     return keras.Model(model.input, [model.output, head], name="with_boundary_head")
 
 
+def boundary_auc(trainer, faces: FaceSet, size: int) -> float:
+    """How well the boundary head alone tells the self-blended validation pairs apart: the ROC-AUC
+    of its mean map over blends (label 1) and their own reals. 0.5 is a head that has learned only
+    where boundaries usually run, not whether this face has one."""
+    images = plain_batch(faces, size)
+    means = [
+        np.asarray(trainer(images[i : i + 64], training=False)[1])
+        .reshape(len(images[i : i + 64]), -1)
+        .mean(axis=1)
+        for i in range(0, len(images), 64)
+    ]
+    return float(binary_metrics(faces.labels, np.concatenate(means))["roc_auc"])
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Epochs at a low resolution (cheap) followed by epochs at the model's 224 input."""
@@ -579,6 +593,15 @@ def train(
             "train_loss": float(np.mean(losses)),
             "consistency_weight": float(keras.ops.convert_to_numpy(consistency)),
             **({"boundary_loss": float(np.mean(boundary_losses))} if boundary_losses else {}),
+            **(
+                {
+                    "validation_boundary_auc_sbi": boundary_auc(
+                        trainer, checked[MONITOR_ONLY_PREFIX], schedule.high_size
+                    )
+                }
+                if batches.boundary_maps and MONITOR_ONLY_PREFIX in checked
+                else {}
+            ),
             "validation_mean_auc": report["mean_auc"],
             "silent_channels": silent_fraction(
                 model, np.concatenate([plain_batch(faces, size) for faces in liveness_faces])

@@ -315,13 +315,15 @@ def test_training_with_the_boundary_head_resumes_and_ships_the_reference_network
         batches = AugmentedBatches([faces], batch_size=8, seed=0, landmarks=landmarks, boundary_layer="conv4")
         schedule = Schedule(0, 64, epochs, high_size=224, warmup_steps=1, boundary_weight=1.0)
         result = train(
-            model, batches, {"toy": faces}, schedule, log=lambda _: None, progress=False,
+            model, batches, {"toy": faces, "sbi": faces}, schedule, log=lambda _: None, progress=False,
             checkpoint=checkpoint, resume=resume, settings={"seed": 0},
         )  # fmt: skip
         return model, result
 
     model, first = run(2, resume=False)
     assert all(entry["boundary_loss"] > 0 for entry in first["history"])
+    # The head's own skill on the self-blended validation pairs is logged beside the classifier's.
+    assert all(0.0 <= entry["validation_boundary_auc_sbi"] <= 1.0 for entry in first["history"])
     assert "boundary" not in [layer.name for layer in model.layers]
     assert len(model.get_weights()) == len(build_model(input_size=None).get_weights())
     _, resumed = run(3, resume=True)
