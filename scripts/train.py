@@ -533,6 +533,14 @@ def main(argv: list[str] | None = None) -> int:
             settings=settings,
             stop_after_epoch=arguments.stop_after_epoch or None,
         )
+        if result["best_epoch"] is None:
+            print(
+                f"stopped: after epoch {result['stopped_after_epoch']} of {len(schedule.sizes())}, "
+                f"{result['minutes']:.1f} minutes of training; the checkpoint is chosen among the last "
+                "three epochs, so nothing is exported yet: continue with the same command and --resume "
+                f"(and --stop-after-epoch 0 for the rest); checkpoint {arguments.checkpoint or arguments.out / 'checkpoint.pkl'}"
+            )
+            return 0
 
     size = schedule.high_size
     # The shipped model computes in float32 (LiteRT, the engine): its weights were float32 throughout.

@@ -492,6 +492,8 @@ def train(
 
     ``stop_after_epoch``: end there (the schedule, and so the learning rate, stay those of the whole
     run); with ``resume`` past that epoch, nothing more trains and the best checkpoint so far is kept.
+    Stopped before any epoch the checkpoint is chosen among, the result's ``best_epoch`` is None and
+    the weights are the last epoch's (a first sitting of a long run).
     ``checkpoint``: a file written after every epoch (weights, optimizer state, the batches' random
     state, history, the best epoch so far, and ``settings``); ``resume`` continues from it, after the
     last finished epoch, and refuses a checkpoint made with other settings.
@@ -518,6 +520,7 @@ def train(
     steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * len(schedule.sizes())
     step, best, history, started = 0, None, [], time.time()
+    stopped = False
     first_epoch, minutes_before = 1, 0.0
     if resume:
         state = load_checkpoint(checkpoint, settings or {})
@@ -550,6 +553,7 @@ def train(
             continue
         if stop_after_epoch is not None and epoch > stop_after_epoch:
             log(f"stop: after epoch {stop_after_epoch} of {len(schedule.sizes())} (--stop-after-epoch)")
+            stopped = True
             break
         losses, boundary_losses = [], []
         bar = tqdm(
@@ -638,6 +642,15 @@ def train(
                     "minutes": entry["minutes"],
                 },
             )
+    if best is None and stopped:
+        # A sitting that ends before the epochs the checkpoint is chosen among: nothing to choose
+        # yet, and nothing wrong; the checkpoint holds the run for --resume.
+        return {
+            "history": history,
+            "best_epoch": None,
+            "stopped_after_epoch": stop_after_epoch,
+            "minutes": minutes_before + (time.time() - started) / 60,
+        }
     if best is None:
         raise StreamDetectorError("training ran no epoch that the checkpoint could be chosen from")
     model.set_weights(best[2])

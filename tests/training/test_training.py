@@ -179,6 +179,15 @@ def test_training_resumes_after_its_last_epoch_and_refuses_other_settings(tmp_pa
 
     _, first = run(2, resume=False)
     assert [entry["epoch"] for entry in first["history"]] == [1, 2]
+    # A first sitting that stops before the epochs the checkpoint is chosen among is no error.
+    model = build_model(input_size=None)
+    sitting = train(
+        model, AugmentedBatches([face_set(16)], batch_size=8, seed=0), validation,
+        Schedule(5, 64, 0, high_size=64, warmup_steps=1), log=lambda _: None, progress=False,
+        checkpoint=tmp_path / "sitting.pkl", settings=settings, stop_after_epoch=1,
+    )  # fmt: skip
+    assert sitting["best_epoch"] is None and sitting["stopped_after_epoch"] == 1
+    assert [entry["epoch"] for entry in sitting["history"]] == [1] and (tmp_path / "sitting.pkl").is_file()
     _, resumed = run(3, resume=True)
     # Epochs 1-2 come from the checkpoint; only epoch 3 ran.
     assert [entry["epoch"] for entry in resumed["history"]] == [1, 2, 3]
