@@ -384,8 +384,8 @@ def boundary_loss():
 def with_boundary_head(model, layer: str):
     """A training-only model: ``model``'s output and a boundary map read off ``layer`` by one
     1x1 convolution. The head shares every weight of ``model`` and is dropped when training ends, so
-    the shipped network stays the reference one; what it leaves behind is a last convolution whose
-    channels had to say where a blend's boundary runs (dense evidence, not one label per face)."""
+    the shipped network stays the reference one; what it leaves behind is a trunk whose ``layer``
+    had to say where a blend's boundary runs (dense evidence, not one label per face)."""
     import keras
     from keras import layers
 
@@ -438,7 +438,7 @@ class Schedule:
     # the term then removes the part of a learned score that compression moves. Whether it could run
     # from the first step in resize mode is untested (model card, "Experiments", runs C and D).
     consistency_ramp: tuple[float, float] = (0.5, 0.75)
-    # > 0 with boundary maps (AugmentedBatches(boundary_maps=True)): the weight of the boundary head's
+    # > 0 with boundary maps (AugmentedBatches(boundary_layer=...)): the weight of the boundary head's
     # loss (boundary_loss) beside the classification loss, from the first step.
     boundary_weight: float = 0.0
 
