@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         raise StreamDetectorError(
             "--boundary-weight needs whole crops: use --low-mode resize or --low-epochs 0"
         )
+    # The layer the boundary head reads, or None: no head, no maps.
+    boundary_layer = arguments.boundary_layer if arguments.boundary_weight > 0 else None
     if not 0.0 <= arguments.dense_dropout < 1.0:
         raise StreamDetectorError(f"--dense-dropout must be in [0, 1), not {arguments.dense_dropout}")
     if arguments.consistency_weight > 0 and arguments.batch_size % 2:
@@ -493,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             augmentation=arguments.augmentation,
             twin=arguments.twin,
             blend_share=arguments.blend_share,
-            boundary_layer=arguments.boundary_layer if arguments.boundary_weight > 0 else None,
+            boundary_layer=boundary_layer,
         )
         settings = {
             "data": sorted(str(root) for root in roots),
@@ -514,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
             **({"twin": arguments.twin} if arguments.twin != "standard" else {}),
             **({"blend_share": arguments.blend_share} if arguments.blend_share != 0.5 else {}),
             **(
-                {"boundary_weight": arguments.boundary_weight, "boundary_layer": arguments.boundary_layer}
-                if arguments.boundary_weight
+                {"boundary_weight": arguments.boundary_weight, "boundary_layer": boundary_layer}
+                if boundary_layer
                 else {}
             ),
         }
@@ -592,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "twin": "none" if arguments.reference or arguments.consistency_weight <= 0 else arguments.twin,
         "blend_share": arguments.blend_share if arguments.self_blend and not arguments.reference else 0.0,
         "boundary_weight": arguments.boundary_weight,
-        "boundary_layer": arguments.boundary_layer if arguments.boundary_weight > 0 else None,
+        "boundary_layer": boundary_layer,
         "calibration": calibration,
         "total_minutes": minutes,
         **result,

@@ -125,7 +125,6 @@ class AugmentedBatches:
         if boundary_layer is not None:
             named(BOUNDARY_STRIDES, "boundary layer", boundary_layer)
         self.boundary_layer = boundary_layer
-        self.boundary_maps = boundary_layer is not None
         self.batch_size = batch_size
         self.paired = paired
         self._augmented = augmented
@@ -164,6 +163,11 @@ class AugmentedBatches:
         else:
             self.blended_pairs = 0
             self._fakes_per_epoch = len(self._fakes)
+
+    @property
+    def boundary_maps(self) -> bool:
+        """Whether batches carry boundary-map targets (a boundary layer was given)."""
+        return self.boundary_layer is not None
 
     @property
     def groupable_fakes(self) -> int:
