@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stream_detector.training.augment import STRENGTHS, TWINS, augment, degraded_view
+from stream_detector.training.augment import STRENGTHS, TWINS, augment, augment_with_mask, degraded_view
 from stream_detector.training.dataset import is_lossless_file, jpeg
 
 
@@ -62,6 +62,23 @@ def test_the_light_strength_compresses_less_than_the_standard_one():
         blocky[name] = (np.mean([blockiness(v) for v in views]), np.mean([blockiness(t) for t in twins]))
     assert blocky["light"][0] < blocky["standard"][0]
     assert blocky["light"][1] < blocky["standard"][1]
+
+
+def test_the_flip_strength_only_mirrors():
+    # train.py --augmentation flip: each view is the crop as the file holds it, or its mirror image.
+    rng = np.random.default_rng(5)
+    face = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    mask = np.linspace(0, 1, 96 * 96, dtype=np.float32).reshape(96, 96)
+    seen = set()
+    for _ in range(40):
+        view, moved = augment_with_mask(face, mask, rng, 96, STRENGTHS["flip"])
+        mirrored = np.array_equal(view, face[:, ::-1])
+        assert mirrored or np.array_equal(view, face)
+        assert np.array_equal(moved, mask[:, ::-1] if mirrored else mask)
+        seen.add(mirrored)
+    assert seen == {True, False}
+    # The standard strength does change pixels (so the test above could fail).
+    assert not np.array_equal(augment(face, np.random.default_rng(5), 96), face)
 
 
 def _two_faces():
