@@ -189,8 +189,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         choices=list(STRENGTHS),
         default="standard",
         help="strength of the codec steps of the symmetric augmentation: standard (JPEG from "
-        "quality 30, the shipped models'), light (from 60, noise half as often), or flip (no "
-        "degradation at all, only the mirror flip; stream_detector/training/augment.py)",
+        "quality 30, the shipped models'), light (from 60, noise half as often), flip (no "
+        "degradation at all, only the mirror flip), or jpeg (the flip and standard's two JPEG passes, "
+        "nothing else; stream_detector/training/augment.py)",
     )
     parser.add_argument(
         "--twin",

@@ -81,6 +81,26 @@ def test_the_flip_strength_only_mirrors():
     assert not np.array_equal(augment(face, np.random.default_rng(5), 96), face)
 
 
+def test_the_jpeg_strength_only_mirrors_and_compresses():
+    # train.py --augmentation jpeg: the flip and the two JPEG passes; no blur, scaling or colour step,
+    # so each view stays within JPEG's error of the crop or of its mirror image.
+    rng = np.random.default_rng(6)
+    face = cv2.GaussianBlur(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8), (0, 0), 4.0)
+    compressed = 0
+    for _ in range(40):
+        view = augment(face, rng, 96, STRENGTHS["jpeg"])
+        error = min(
+            np.abs(view.astype(int) - face.astype(int)).mean(),
+            np.abs(view.astype(int) - face[:, ::-1].astype(int)).mean(),
+        )
+        assert error < 4.0
+        compressed += error > 0
+    assert compressed >= 30  # nine views in ten get the first pass
+    # A colour or blur step would move a view further than that (so the bound above could fail).
+    moved = [np.abs(augment(face, rng, 96).astype(int) - face.astype(int)).mean() for _ in range(40)]
+    assert max(moved) > 8.0
+
+
 def _two_faces():
     from stream_detector.training.dataset import FaceSet
 
