@@ -25,7 +25,8 @@ from stream_detector.training.dataset import jpeg, resize_crop
 @dataclass(frozen=True)
 class Strength:
     """How hard the codec steps of ``augment`` and ``degraded_view`` hit (the lowest JPEG qualities
-    drawn, and how often sensor noise is added); everything else is the same at every strength."""
+    drawn, and how often sensor noise is added), and which steps run at all (``degrades``,
+    ``compresses``); the consistency twin (``degraded_view``) is degraded at every strength."""
 
     jpeg_low: int
     second_jpeg_low: int
@@ -48,7 +49,7 @@ STRENGTHS = {
     # pass (from 30); even so JPEG-50 flipped 13 % of DFDC's validation reals to FAKE (DFDC's fakes are
     # the blockier class), hence jpeg: the flip and the standard strength's two JPEG passes, nothing else.
     "flip": Strength(
-        jpeg_low=60,
+        jpeg_low=60,  # unused: no JPEG pass on the view itself
         second_jpeg_low=60,
         degraded_jpeg_low=30,
         noise_probability=0.0,
