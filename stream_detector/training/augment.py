@@ -83,19 +83,25 @@ def augment_with_mask(
     the same flip, so a blend weight still covers the pixels it blended. The mask draws nothing from
     ``rng``: with or without it the image is the same, decision for decision."""
     image = crop_rgb
-    if not strength.degrades:
-        if strength.compresses and rng.random() < 0.9:
-            image = jpeg(image, int(rng.integers(strength.jpeg_low, 96)))
-        image = resize_crop(image, size)
-        if rng.random() < 0.5:
-            image = image[:, ::-1]
-            mask = mask[:, ::-1] if mask is not None else None
-        if strength.compresses and rng.random() < 0.3:
-            image = jpeg(np.ascontiguousarray(image), int(rng.integers(strength.second_jpeg_low, 96)))
-        # The mask stays in its own pixels, as on the degrading path.
-        return np.ascontiguousarray(image), (np.ascontiguousarray(mask) if mask is not None else None)
-    if rng.random() < 0.9:
+    if strength.compresses and rng.random() < 0.9:
         image = jpeg(image, int(rng.integers(strength.jpeg_low, 96)))
+    if strength.degrades:
+        image, mask = _degrade(image, mask, rng, size, strength)
+    else:
+        image = resize_crop(image, size)  # the mask stays in its own pixels, as after _degrade
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+        mask = mask[:, ::-1] if mask is not None else None
+    if strength.compresses and rng.random() < 0.3:
+        image = jpeg(np.ascontiguousarray(image), int(rng.integers(strength.second_jpeg_low, 96)))
+    return np.ascontiguousarray(image), (np.ascontiguousarray(mask) if mask is not None else None)
+
+
+def _degrade(
+    image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator, size: int, strength: Strength
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The steps between ``augment``'s JPEG passes that a ``degrades=False`` strength leaves out:
+    scaling, crop jitter (the mask cut with it), the resize to ``size``, sharpness, colour, noise."""
     if rng.random() < 0.2:
         # A face seen from further away: lose resolution, then come back up.
         factor = rng.uniform(0.35, 0.9)
@@ -127,12 +133,7 @@ def augment_with_mask(
     if rng.random() < strength.noise_probability:
         noise = rng.normal(0.0, rng.uniform(2.0, 8.0), image.shape)
         image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-    if rng.random() < 0.5:
-        image = image[:, ::-1]
-        mask = mask[:, ::-1] if mask is not None else None
-    if rng.random() < 0.3:
-        image = jpeg(np.ascontiguousarray(image), int(rng.integers(strength.second_jpeg_low, 96)))
-    return np.ascontiguousarray(image), (np.ascontiguousarray(mask) if mask is not None else None)
+    return image, mask
 
 
 @dataclass(frozen=True)
