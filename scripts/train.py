@@ -525,13 +525,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training: {len(batches)} images per epoch, {batches.blended_pairs} of them self-blended")
         if arguments.pair_groups:
             print(f"pair groups: {batches.groupable_fakes} training fakes have a real of their group")
+        checkpoint = arguments.checkpoint or arguments.out / "checkpoint.pkl"
         result = train(
             model,
             batches,
             validation_sets,
             schedule,
             progress=not arguments.no_progress,
-            checkpoint=arguments.checkpoint or arguments.out / "checkpoint.pkl",
+            checkpoint=checkpoint,
             resume=arguments.resume,
             settings=settings,
             stop_after_epoch=arguments.stop_after_epoch or None,
@@ -541,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"stopped: after epoch {result['stopped_after_epoch']} of {len(schedule.sizes())}, "
                 f"{result['minutes']:.1f} minutes of training; the checkpoint is chosen among the last "
                 "three epochs, so nothing is exported yet: continue with the same command and --resume "
-                f"(and --stop-after-epoch 0 for the rest); checkpoint {arguments.checkpoint or arguments.out / 'checkpoint.pkl'}"
+                f"(and --stop-after-epoch 0 for the rest); checkpoint {checkpoint}"
             )
             return 0
 
