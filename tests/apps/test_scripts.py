@@ -164,6 +164,7 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
         "--batch-size",
         "8",
         "--no-self-blend",
+        "--match-blockiness",
         "--dense-dropout",
         "0.1",
         "--precision",
@@ -186,6 +187,7 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
     test_files = record["splits"]["test"]["toy"]
     assert test_files and all(name.startswith("toy/") for name in test_files)
     assert record["calibration"]["method"] == "platt" and record["total_minutes"] > 0
+    assert record["match_sharpness"] and record["match_blockiness"]
     # Trained with a lighter dropout, shipped with the reference's layers (dropout is off at inference).
     shipped = keras.models.load_model(out / "detector.keras", compile=False)
     assert record["dense_dropout"] == 0.1

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stream_detector.training.augment import match_sharpness
+from stream_detector.training.augment import match_blockiness, match_sharpness
 from stream_detector.training.blending import (
     FACE_OVAL,
     MASK_REGIONS,
@@ -11,7 +11,8 @@ from stream_detector.training.blending import (
     self_blend,
     usable_landmarks,
 )
-from stream_detector.training.confounds import laplacian_variance
+from stream_detector.training.confounds import jpeg_blockiness, laplacian_variance, roc_auc
+from stream_detector.training.dataset import jpeg
 
 
 def synthetic_face(size: int = 224, seed: int = 0):
@@ -80,6 +81,30 @@ def test_sharpness_matching_blurs_the_sharper_class_to_the_others_distribution()
     assert before > 5 and 0.7 < after < 1.4
     # The blurrier class is left as it was.
     assert all(a is b for a, b in zip(matched[30:], soft, strict=True))
+
+
+def test_blockiness_matching_recompresses_the_less_blocky_class_to_the_others_distribution():
+    rng = np.random.default_rng(0)
+
+    def smooth() -> np.ndarray:
+        noise = rng.integers(0, 256, (72, 72, 3), dtype=np.uint8)
+        return cv2.GaussianBlur(noise, (0, 0), 1.0)
+
+    clean = [smooth() for _ in range(30)]
+    # The blocky class: compressed hard, with the 8-pixel grid anywhere in the crop as in a cut face.
+    blocky = []
+    for _ in range(30):
+        x, y = (int(v) for v in rng.integers(0, 8, 2))
+        blocky.append(np.ascontiguousarray(jpeg(smooth(), int(rng.integers(20, 45)))[y : y + 64, x : x + 64]))
+    clean = [np.ascontiguousarray(image[:64, :64]) for image in clean]
+    labels = np.array([0] * 30 + [1] * 30)
+    before = roc_auc(labels, [jpeg_blockiness(c) for c in clean + blocky])
+    matched, changed = match_blockiness(clean + blocky, labels)
+    after = roc_auc(labels, [jpeg_blockiness(c) for c in matched])
+    assert before > 0.9 and changed >= 25
+    assert 0.3 < after < 0.7
+    # The blockier class is left as it was.
+    assert all(a is b for a, b in zip(matched[30:], blocky, strict=True))
 
 
 @pytest.mark.slow
