@@ -281,7 +281,7 @@ def test_every_frame_is_classified_with_rate_zero():
 
 
 def test_fake_scores_become_a_fake_verdict_and_real_ones_real():
-    settings = EngineSettings(classify_hz=0, smoothing=SmootherSettings(min_evidence=3.0))
+    settings = EngineSettings(classify_hz=0, smoothing=SmootherSettings(min_evidence=3.0, fake_enter=0.8))
     engine, _, _ = make_engine(lambda frame: [(50, 50, 150, 150)], settings)
     for red, expected in ((240, VerdictState.FAKE), (10, VerdictState.REAL)):
         states = [
@@ -295,7 +295,7 @@ def test_fake_scores_become_a_fake_verdict_and_real_ones_real():
 
 def test_a_crop_the_classifier_could_not_score_leaves_the_verdict_as_it_was():
     # A remote classifier whose replica is gone answers NaN (cluster/classifier.py): no made-up score.
-    settings = EngineSettings(classify_hz=0, smoothing=SmootherSettings(min_evidence=3.0))
+    settings = EngineSettings(classify_hz=0, smoothing=SmootherSettings(min_evidence=3.0, fake_enter=0.8))
     engine, classifier, _ = make_engine(lambda frame: [(50, 50, 150, 150)], settings)
     results = [engine.process(Frame(textured(red=240), index, index * 33.0)) for index in range(8)]
     assert results[-1].verdicts[0].state == VerdictState.FAKE

@@ -19,7 +19,9 @@ def feed(smoother, scores, start_ms=0.0, step_ms=66.7, track_id=1, unusable=()):
 
 
 def test_uncertain_until_evidence_then_fake_with_time_to_first_verdict():
-    smoother = Smoother(SmootherSettings(min_evidence=4.0))
+    # These tests name the FAKE threshold: the default follows the shipped model's record (tested
+    # below), and the logic is the same at any threshold.
+    smoother = Smoother(SmootherSettings(min_evidence=4.0, fake_enter=0.8))
     verdicts = feed(smoother, [0.95] * 10)
     states = [verdict.state for verdict in verdicts]
     assert states[0] == VerdictState.UNCERTAIN
@@ -54,14 +56,14 @@ def test_hysteresis_holds_a_verdict_near_its_threshold():
 
 
 def test_one_wild_score_does_not_flip_a_verdict():
-    smoother = Smoother()
+    smoother = Smoother(SmootherSettings(fake_enter=0.8))
     feed(smoother, [0.1] * 20)
     (verdict,) = smoother.update([face(0.99)], 20 * 66.7)
     assert verdict.state == VerdictState.REAL
 
 
 def test_frames_without_a_score_keep_the_verdict_and_unusable_scores_are_ignored():
-    smoother = Smoother(SmootherSettings(half_life_ms=500.0))
+    smoother = Smoother(SmootherSettings(half_life_ms=500.0, fake_enter=0.8))
     feed(smoother, [0.9] * 10)
     (not_classified,) = smoother.update([face(None)], 10 * 66.7)
     assert not_classified.state == VerdictState.FAKE and not_classified.evidence == 10
@@ -73,7 +75,7 @@ def test_frames_without_a_score_keep_the_verdict_and_unusable_scores_are_ignored
 
 
 def test_tracks_are_independent_and_can_be_forgotten():
-    smoother = Smoother()
+    smoother = Smoother(SmootherSettings(fake_enter=0.8))
     for index in range(8):
         smoother.update([face(0.95, 1), face(0.05, 2)], index * 66.7)
     first, second = smoother.update([face(0.95, 1), face(0.05, 2)], 8 * 66.7)
@@ -86,7 +88,7 @@ def test_tracks_are_independent_and_can_be_forgotten():
 
 
 def test_classify_score_and_settings_validation():
-    settings = SmootherSettings()
+    settings = SmootherSettings(fake_enter=0.8)
     assert classify_score(0.9, settings) == VerdictState.FAKE
     assert classify_score(0.1, settings) == VerdictState.REAL
     assert classify_score(0.5, settings) == VerdictState.UNCERTAIN
