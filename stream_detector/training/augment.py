@@ -11,6 +11,7 @@ JPEG-75. Two measures, both needed (model card, "Training recipe"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -205,31 +206,18 @@ def match_sharpness(crops: list[np.ndarray], labels: np.ndarray) -> tuple[list[n
     it. Sharpness then says nothing about the label in training (ffhq-tpdne: reals 934 vs fakes 513;
     DFDC 68 vs 48), and the model has to find the manipulation. Returns the crops and how many changed.
     """
-    labels = np.asarray(labels)
-    values = np.array([laplacian_variance(crop) for crop in crops])
-    if len(set(labels.tolist())) < 2:
-        return list(crops), 0
-    sharper = int(np.median(values[labels == 1]) > np.median(values[labels == 0]))
-    target_values = np.sort(values[labels != sharper])
-    indices = np.flatnonzero(labels == sharper)
-    order = indices[np.argsort(values[indices], kind="mergesort")]
-    matched, changed = list(crops), 0
-    for rank, index in enumerate(order):
-        quantile = (rank + 0.5) / len(order)
-        target = float(np.quantile(target_values, quantile))
-        if values[index] <= target:
-            continue
+
+    def blur_to(crop: np.ndarray, value: float, target: float) -> np.ndarray | None:
         low, high = 0.0, 3.0
         for _ in range(10):
             sigma = (low + high) / 2.0
-            if laplacian_variance(cv2.GaussianBlur(crops[index], (0, 0), sigma)) > target:
+            if laplacian_variance(cv2.GaussianBlur(crop, (0, 0), sigma)) > target:
                 low = sigma
             else:
                 high = sigma
-        if high > 0.05:
-            matched[index] = cv2.GaussianBlur(crops[index], (0, 0), high)
-            changed += 1
-    return matched, changed
+        return cv2.GaussianBlur(crop, (0, 0), high) if high > 0.05 else None
+
+    return _match_quantiles(crops, labels, laplacian_variance, blur_to, lower_the_higher_class=True)
 
 
 # Highest first: the first quality whose blockiness reaches the target ends the search.
@@ -248,29 +236,49 @@ def match_blockiness(crops: list[np.ndarray], labels: np.ndarray) -> tuple[list[
     (a re-compression on the same grid can smooth the old steps), so every quality is measured, not
     bisected. Returns the crops and how many changed.
     """
+
+    def compress_to(crop: np.ndarray, value: float, target: float) -> np.ndarray | None:
+        best, best_gap = None, target - value
+        for quality in MATCHING_QUALITIES:
+            candidate = jpeg(crop, quality)
+            candidate_value = jpeg_blockiness(candidate)
+            if abs(candidate_value - target) < best_gap:
+                best, best_gap = candidate, abs(candidate_value - target)
+            if candidate_value >= target:
+                break
+        return best
+
+    return _match_quantiles(crops, labels, jpeg_blockiness, compress_to, lower_the_higher_class=False)
+
+
+def _match_quantiles(
+    crops: list[np.ndarray],
+    labels: np.ndarray,
+    measure: Callable[[np.ndarray], float],
+    move_to: Callable[[np.ndarray, float, float], np.ndarray | None],
+    lower_the_higher_class: bool,
+) -> tuple[list[np.ndarray], int]:
+    """The quantile matching both matchers share: ``measure`` every crop; the class with the higher
+    median (``lower_the_higher_class``) or the lower one moves; its image at quantile q, where it is
+    past quantile q of the other class, becomes ``move_to(crop, value, target)`` (None: unchanged)."""
     labels = np.asarray(labels)
     if len(set(labels.tolist())) < 2:
         return list(crops), 0
-    values = np.array([jpeg_blockiness(crop) for crop in crops])
-    blockier = int(np.median(values[labels == 1]) > np.median(values[labels == 0]))
-    target_values = np.sort(values[labels == blockier])
-    indices = np.flatnonzero(labels != blockier)
+    values = np.array([measure(crop) for crop in crops])
+    higher = int(np.median(values[labels == 1]) > np.median(values[labels == 0]))
+    moving = higher if lower_the_higher_class else 1 - higher
+    target_values = np.sort(values[labels != moving])
+    indices = np.flatnonzero(labels == moving)
     order = indices[np.argsort(values[indices], kind="mergesort")]
     matched, changed = list(crops), 0
     for rank, index in enumerate(order):
         target = float(np.quantile(target_values, (rank + 0.5) / len(order)))
-        if values[index] >= target:
+        already_there = values[index] <= target if lower_the_higher_class else values[index] >= target
+        if already_there:
             continue
-        best, best_gap = None, target - values[index]
-        for quality in MATCHING_QUALITIES:
-            candidate = jpeg(crops[index], quality)
-            value = jpeg_blockiness(candidate)
-            if abs(value - target) < best_gap:
-                best, best_gap = candidate, abs(value - target)
-            if value >= target:
-                break
-        if best is not None:
-            matched[index] = best
+        moved = move_to(crops[index], float(values[index]), target)
+        if moved is not None:
+            matched[index] = moved
             changed += 1
     return matched, changed
 
