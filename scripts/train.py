@@ -44,6 +44,8 @@ LEARNING_RATE = 3e-4
 # v3: at 0.5 (v1, v2) the twins did not hold a softened real's score: JPEG-50 turned 9-13 % of DFDC's
 # real validation faces FAKE (model card, Experiments, "Training views left undegraded").
 CONSISTENCY_WEIGHT = 2.0
+# The fractions of training between which the consistency term ramps from off to its weight.
+CONSISTENCY_RAMP = (0.5, 0.75)
 FALSE_ALARM_RATE = 0.01  # per real face, at the recorded FAKE threshold
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -100,6 +102,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=CONSISTENCY_WEIGHT,
         help="weight of the loss that ties each view's score to its further-compressed twin's "
         "(stream_detector/training.py; 0 turns the pairs off)",
+    )
+    parser.add_argument(
+        "--consistency-ramp",
+        type=float,
+        nargs=2,
+        default=CONSISTENCY_RAMP,
+        metavar=("START", "END"),
+        help=f"fractions of training between which the consistency term ramps linearly from off to its "
+        f"weight (default {CONSISTENCY_RAMP[0]:g} {CONSISTENCY_RAMP[1]:g}: plain batches for the first half; "
+        "0 0: on from the first step)",
     )
     parser.add_argument(
         "--boundary-weight",
@@ -305,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         raise StreamDetectorError(
             f"--consistency-weight must be 0 (off) or more, not {arguments.consistency_weight}"
         )
+    ramp_start, ramp_end = arguments.consistency_ramp
+    if not 0.0 <= ramp_start <= ramp_end <= 1.0:
+        raise StreamDetectorError(
+            f"--consistency-ramp needs 0 <= START <= END <= 1, not {ramp_start:g} {ramp_end:g}"
+        )
     if arguments.boundary_weight < 0:
         raise StreamDetectorError(
             f"--boundary-weight must be 0 (off) or more, not {arguments.boundary_weight}"
@@ -482,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             learning_rate=arguments.learning_rate,
             patches=arguments.low_mode == "patch",
             consistency_weight=arguments.consistency_weight,
+            consistency_ramp=(ramp_start, ramp_end),
             boundary_weight=arguments.boundary_weight,
         )
         keras.mixed_precision.set_global_policy(arguments.precision)

@@ -165,6 +165,9 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
         "8",
         "--no-self-blend",
         "--match-blockiness",
+        "--consistency-ramp",
+        "0.25",
+        "0.5",
         "--dense-dropout",
         "0.1",
         "--precision",
@@ -188,6 +191,7 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
     assert test_files and all(name.startswith("toy/") for name in test_files)
     assert record["calibration"]["method"] == "platt" and record["total_minutes"] > 0
     assert record["match_sharpness"] and record["match_blockiness"]
+    assert record["schedule"]["consistency_ramp"] == [0.25, 0.5]
     # Trained with a lighter dropout, shipped with the reference's layers (dropout is off at inference).
     shipped = keras.models.load_model(out / "detector.keras", compile=False)
     assert record["dense_dropout"] == 0.1
@@ -211,6 +215,11 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
     ("arguments", "named"),
     [
         (["--consistency-weight", "-1"], "--consistency-weight"),
+        (
+            ["--consistency-ramp", "0.8", "0.2"],
+            "--consistency-ramp needs 0 <= START <= END <= 1, not 0.8 0.2",
+        ),
+        (["--consistency-ramp", "-0.1", "0.5"], "--consistency-ramp needs"),
         (["--batch-size", "31"], "--batch-size 31"),
         (["--dense-dropout", "1"], "--dense-dropout"),
         (["--boundary-weight", "-1"], "--boundary-weight must be 0"),

@@ -77,6 +77,8 @@ def test_consistency_ramps_from_off_to_full_between_its_two_fractions_of_trainin
     assert values[0] == values[1] == 0.0
     assert 0.0 < values[2] < values[3] < 1.0
     assert values[4] == values[5] == 1.0
+    # `train.py --consistency-ramp 0 0`: off only before the first step, at full weight from then on.
+    assert ramp(0, 100, 0.0, 0.0) == 0.0 and ramp(1, 100, 0.0, 0.0) == 1.0
 
 
 def test_paired_batches_turn_plain_for_epochs_without_the_consistency_term():
