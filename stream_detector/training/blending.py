@@ -6,8 +6,9 @@ Identity, scene, camera, compression and sharpness are the same on both sides of
 the only thing left to learn is what a face swap leaves: a blending boundary and a colour / sharpness
 mismatch between the inner face and its surroundings.
 
-The blend is made on the native crop (1.5x the detector box, or the whole tight crop), so the mask's
-boundary lies inside the picture the model sees; both views then go through the same augmentation.
+The blend is made on the native crop (the square of the one crop convention, pipeline/crops.py, or the
+whole tight crop), so the mask's boundary lies inside the picture the model sees; both views then go
+through the same augmentation.
 """
 
 from __future__ import annotations

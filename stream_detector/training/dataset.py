@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from stream_detector.errors import StreamDetectorError
-from stream_detector.pipeline.crops import CROP_SIZE, crop_square
+from stream_detector.pipeline.crops import CROP_SCALE, CROP_SIZE, crop_square
 from stream_detector.pipeline.sources import is_image_file
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ def load_face_set(
         repr(
             (
                 CROP_CACHE_VERSION,
+                CROP_SCALE,
                 no_face,
                 equalise_quality,
                 [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in items],

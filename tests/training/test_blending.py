@@ -115,7 +115,7 @@ def test_facemesh_finds_the_landmarks_of_a_real_photographed_face(astronaut_bgr)
     crop = crop_face(astronaut_bgr, (175, 55, 320, 200))
     points = FaceMeshLandmarker().landmarks(crop)
     assert points is not None and points.shape == (468, 2)
-    # The face fills the middle of its 1.5x crop: the oval is inside, and big enough to blend.
+    # The face fills the middle of its crop: the oval is inside, and big enough to blend.
     assert usable_landmarks(points, crop.shape)
     assert FaceMeshLandmarker().landmarks(np.zeros_like(crop)) is None
 

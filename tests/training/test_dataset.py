@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from stream_detector.errors import StreamDetectorError
+from stream_detector.pipeline.crops import CROP_SCALE
 from stream_detector.training.dataset import (
     decode_image,
     find_class_folders,
@@ -53,7 +54,8 @@ def test_group_split_never_puts_one_identity_on_two_sides():
 def test_native_crop_follows_the_shared_convention():
     image = np.zeros((300, 400, 3), np.uint8)
     crop = native_crop(image, np.array([150, 100, 250, 200], np.float32))
-    assert crop.shape == (150, 150, 3)
+    side = round(100 * CROP_SCALE)
+    assert crop.shape == (side, side, 3)
     assert native_crop(image, None).shape == (300, 400, 3)
 
 
