@@ -41,7 +41,7 @@ class SmootherSettings:
     # model/training.json ("live_threshold"), never below the 1 %-false-alarm score of the validation
     # faces; tests/test_smoothing.py checks that this default follows the record.
     fake_enter: float = setting(
-        0.887, "smoothed p(fake) at which a face becomes FAKE", minimum=0.0, maximum=1.0
+        0.902, "smoothed p(fake) at which a face becomes FAKE", minimum=0.0, maximum=1.0
     )
     fake_exit: float = setting(
         0.55, "a FAKE face stays FAKE until its mean falls below this", minimum=0.0, maximum=1.0

@@ -99,12 +99,12 @@ def _down_up(factor):
     return change
 
 
-# Targets the shipped model misses (model/MODEL_CARD.md, "Robustness": v3's blur sigma 2 still turns
+# Targets the shipped model misses (model/MODEL_CARD.md, "Robustness": v4's blur sigma 2 still turns
 # many real ffhq-tpdne and DFDC test faces fake, sharpening many ffhq-tpdne fakes real; on DFDC
 # sharpening is under the line). Strict: a model that meets them turns these into failures, so the
 # marks and the card are updated with it.
 MISSED_SHARPNESS_TARGET = pytest.mark.xfail(
-    strict=True, reason="v3 still reads sharpness: see model/MODEL_CARD.md, Robustness"
+    strict=True, reason="v4 still reads sharpness: see model/MODEL_CARD.md, Robustness"
 )
 
 
