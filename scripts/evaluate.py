@@ -97,6 +97,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="leave out the confound audit (it costs a pass over the crops)",
     )
+    parser.add_argument(
+        "--mirror-average",
+        action="store_true",
+        help="score each crop and its mirror image and average the two logits (not what the engine "
+        "runs today; model card, Experiments, 'Mirror averaging')",
+    )
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, default=REPO / ".cache")
     parser.add_argument("--no-progress", action="store_true")
@@ -106,8 +112,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 class Predictor:
     """Batched p(fake) from a .keras model (any square input size) or a .tflite file (224)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mirror_average: bool = False) -> None:
         from stream_detector.errors import ModelError
+
+        self.mirror_average = mirror_average
 
         if not path.is_file():
             raise ModelError(f"model file missing: {path}")
@@ -129,7 +137,12 @@ class Predictor:
         outputs = []
         for start in range(0, len(images), 32):
             batch = images[start : start + 32]
-            outputs.append(self._classifier.classify(batch))
+            if self.mirror_average:
+                from stream_detector.pipeline.classifier import mirror_averaged
+
+                outputs.append(mirror_averaged(self._classifier.classify, batch))
+            else:
+                outputs.append(self._classifier.classify(batch))
         return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
 
 
@@ -202,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
             raise StreamDetectorError(f"--split needs the training record: {record_path} not found")
         record = json.loads(record_path.read_text())
         split_files = {source: set(files) for source, files in record["splits"][arguments.split].items()}
-    predictor = Predictor(arguments.model)
+    predictor = Predictor(arguments.model, mirror_average=arguments.mirror_average)
     conditions = CONDITIONS if arguments.robustness else {"clean": None}
     report: dict = {
         "model": str(arguments.model),
         "split": arguments.split,
         "preprocess": arguments.preprocess,
         "equalise_compression": arguments.equalise_compression,
+        "mirror_average": arguments.mirror_average,
         "sources": {},
     }
     pooled: dict[str, tuple[list, list]] = {name: ([], []) for name in conditions}

@@ -90,6 +90,25 @@ class KerasClassifier:
         return np.asarray(self._function(crops.astype(np.float32))).reshape(-1).astype(np.float32)
 
 
+def mirror_averaged(classify, crops: np.ndarray) -> np.ndarray:
+    """p(fake) of each crop and its left-right mirror, averaged in logit space.
+
+    Measured on validation faces (model card, Experiments, "Mirror averaging"): about +0.01 ROC-AUC for
+    twice the classifier's work. Logits, not probabilities, are averaged so that two confident, agreeing
+    views stay confident and the result is still a calibrated-looking score in (0, 1).
+    """
+    crops = np.asarray(crops)
+    if crops.ndim != 4:
+        raise ValueError(f"crops must be (N, H, W, 3), got {crops.shape}")
+    if len(crops) == 0:
+        return np.zeros((0,), np.float32)
+    both = np.asarray(classify(np.concatenate([crops, crops[:, :, ::-1]]))).reshape(-1)
+    probability = np.clip(both.astype(np.float64), 1e-7, 1 - 1e-7)
+    logit = np.log(probability / (1 - probability))
+    average = (logit[: len(crops)] + logit[len(crops) :]) / 2
+    return (1 / (1 + np.exp(-average))).astype(np.float32)
+
+
 def load_classifier(backend: str = "auto", directory: str | Path | None = None, threads: int = 2):
     """The classifier for a backend name: int8, fp32, keras, or auto (the fastest one present)."""
     directory = Path(directory) if directory else model_dir()

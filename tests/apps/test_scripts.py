@@ -326,3 +326,18 @@ def test_benchmark_training_refuses_a_size_too_small_in_one_line(capsys):
         load_script("benchmark_training").main(["--sizes", "8"])
     assert stopped.value.code == 2
     assert "--sizes at least 64" in capsys.readouterr().err
+
+
+def test_mirror_average_scores_each_face_with_its_mirror(evaluate, tmp_path):
+    import json
+
+    make_set(tmp_path, real=3, fake=3)
+    arguments = ["--data", str(tmp_path), "--cache", str(tmp_path / "cache"), "--no-face", "whole"]
+    reports = {}
+    for name, extra in (("plain", []), ("mirror", ["--mirror-average"])):
+        path = tmp_path / f"{name}.json"
+        assert evaluate.main([*arguments, *extra, "--json", str(path), "--no-progress", "--no-audit"]) == 0
+        reports[name] = json.loads(path.read_text())
+    assert reports["plain"]["mirror_average"] is False and reports["mirror"]["mirror_average"] is True
+    # Noise images are not mirror-symmetric, so the averaged scores (and their Brier score) move.
+    assert reports["mirror"][str(tmp_path)]["brier"] != reports["plain"][str(tmp_path)]["brier"]
