@@ -25,6 +25,7 @@ import json
 import logging
 import sys
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -115,8 +116,6 @@ class Predictor:
     def __init__(self, path: Path, mirror_average: bool = False) -> None:
         from stream_detector.errors import ModelError
 
-        self.mirror_average = mirror_average
-
         if not path.is_file():
             raise ModelError(f"model file missing: {path}")
         if path.suffix == ".tflite":
@@ -130,19 +129,18 @@ class Predictor:
 
             self._classifier = KerasClassifier(model=load_keras_model(path))
             self.size = self._classifier.size
+        self._score = self._classifier.classify
+        if mirror_average:
+            from stream_detector.pipeline.classifier import mirror_averaged
+
+            self._score = partial(mirror_averaged, self._classifier.classify)
 
     def __call__(self, images):
         import numpy as np
 
         outputs = []
         for start in range(0, len(images), 32):
-            batch = images[start : start + 32]
-            if self.mirror_average:
-                from stream_detector.pipeline.classifier import mirror_averaged
-
-                outputs.append(mirror_averaged(self._classifier.classify, batch))
-            else:
-                outputs.append(self._classifier.classify(batch))
+            outputs.append(self._score(images[start : start + 32]))
         return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
 
 

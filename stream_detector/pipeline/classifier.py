@@ -18,6 +18,7 @@ from stream_detector.pipeline.model import (
     TFLITE_FP32_FILE,
     TFLITE_INT8_FILE,
     load_keras_model,
+    logit,
     model_dir,
 )
 
@@ -102,10 +103,8 @@ def mirror_averaged(classify, crops: np.ndarray) -> np.ndarray:
         raise ValueError(f"crops must be (N, H, W, 3), got {crops.shape}")
     if len(crops) == 0:
         return np.zeros((0,), np.float32)
-    both = np.asarray(classify(np.concatenate([crops, crops[:, :, ::-1]]))).reshape(-1)
-    probability = np.clip(both.astype(np.float64), 1e-7, 1 - 1e-7)
-    logit = np.log(probability / (1 - probability))
-    average = (logit[: len(crops)] + logit[len(crops) :]) / 2
+    log_odds = logit(np.asarray(classify(np.concatenate([crops, crops[:, :, ::-1]]))).reshape(-1))
+    average = (log_odds[: len(crops)] + log_odds[len(crops) :]) / 2
     return (1 / (1 + np.exp(-average))).astype(np.float32)
 
 

@@ -122,29 +122,33 @@ def fold_platt_scaling(model, slope: float, intercept: float) -> None:
     layer.set_weights([kernel * slope, bias * slope + intercept])
 
 
+def logit(p_fake: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float64, with p clipped to [1e-7, 1 - 1e-7] so that 0 and 1 stay finite."""
+    p = np.clip(np.asarray(p_fake, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
 def apply_platt_scaling(p_fake: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     """sigmoid(slope * logit(p) + intercept): what the model outputs after fold_platt_scaling, without a
     second pass over the images."""
-    p = np.clip(np.asarray(p_fake, np.float64), 1e-7, 1 - 1e-7)
-    return 1.0 / (1.0 + np.exp(-(slope * np.log(p / (1 - p)) + intercept)))
+    return 1.0 / (1.0 + np.exp(-(slope * logit(p_fake) + intercept)))
 
 
 def fit_platt_scaling(p_fake: np.ndarray, labels: np.ndarray, steps: int = 2000) -> tuple[float, float]:
     """Fit (slope, intercept) minimising log loss of sigmoid(slope * logit(p) + intercept) on a held-out split."""
-    p = np.clip(np.asarray(p_fake, np.float64), 1e-7, 1 - 1e-7)
     y = np.asarray(labels, np.float64)
-    logit = np.log(p / (1 - p))
+    log_odds = logit(p_fake)
     slope, intercept = 1.0, 0.0
     # Newton's method on a two-parameter convex problem converges in a handful of steps.
     for _ in range(steps):
-        z = slope * logit + intercept
+        z = slope * log_odds + intercept
         q = 1.0 / (1.0 + np.exp(-z))
-        gradient = np.array([np.sum((q - y) * logit), np.sum(q - y)])
+        gradient = np.array([np.sum((q - y) * log_odds), np.sum(q - y)])
         weight = q * (1 - q) + 1e-12
         hessian = np.array(
             [
-                [np.sum(weight * logit * logit), np.sum(weight * logit)],
-                [np.sum(weight * logit), np.sum(weight)],
+                [np.sum(weight * log_odds * log_odds), np.sum(weight * log_odds)],
+                [np.sum(weight * log_odds), np.sum(weight)],
             ]
         )
         hessian += np.eye(2) * 1e-9
