@@ -19,6 +19,9 @@ classifier, the sink actor); CPU and RSS then cover the daemon's whole process t
 and workers), and the table gives the cluster mode's cost per camera against the baseline and the
 classification round trip through Serve. It then measures the Serve classifier alone: crops/s against
 the batch size, from concurrent callers, beside the same model called in-process at that batch size.
+
+``--mirror-average both``: each camera count with the engine's mirror averaging on and then off (the
+daemon's default), and the cost of it as a ratio from the same run.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,7 +108,13 @@ def free_port() -> int:
 
 
 def daemon_config(
-    directory: Path, url: str, cameras: int, process_hz: float, http_port: int, cluster: bool = False
+    directory: Path,
+    url: str,
+    cameras: int,
+    process_hz: float,
+    http_port: int,
+    cluster: bool = False,
+    mirror_average: bool = True,
 ) -> Path:
     lines = [
         "[daemon]",
@@ -114,6 +123,7 @@ def daemon_config(
         f"port = {http_port}",
         "[engine]",
         f"classify_hz = {process_hz}",
+        f"mirror_average = {'true' if mirror_average else 'false'}",
         "[events]",
         f'directory = "{directory / "events"}"',
         "[reconnect]",
@@ -260,6 +270,7 @@ class Result:
     mode: str = "single-box"
     serve_round_trip_ms: float | None = None
     serve_batch_frames_mean: float | None = None
+    mirror_average: bool = True
 
 
 def summarise(
@@ -344,9 +355,10 @@ def run_one(
     seconds: float,
     interval_s: float,
     cluster: bool = False,
+    mirror_average: bool = True,
 ) -> tuple[Result, list[Sample]]:
     http_port = free_port()
-    config = daemon_config(workdir, url, cameras, process_hz, http_port, cluster)
+    config = daemon_config(workdir, url, cameras, process_hz, http_port, cluster, mirror_average)
     mode = "cluster" if cluster else "single-box"
     daemon = DaemonProcess(config, http_port, workdir / f"daemon-{cameras}-{mode}.log", tree=cluster)
     try:
@@ -359,7 +371,8 @@ def run_one(
             samples.append(daemon.sample())
     finally:
         stop_seconds = daemon.stop()
-    return summarise(cameras, samples, process_hz, stop_seconds, mode), samples
+    result = summarise(cameras, samples, process_hz, stop_seconds, mode)
+    return replace(result, mirror_average=mirror_average), samples
 
 
 def serve_throughput(batch_sizes: list[int], callers: int, seconds: float) -> list[dict]:
@@ -373,13 +386,14 @@ def serve_throughput(batch_sizes: list[int], callers: int, seconds: float) -> li
     from ray import serve
 
     from stream_detector.cluster.classifier import APP_NAME, classifier_application
-    from stream_detector.daemon.config import ClusterConfig
+    from stream_detector.daemon.config import ClusterConfig, daemon_engine_defaults
     from stream_detector.pipeline.classifier import load_classifier
-    from stream_detector.pipeline.engine import EngineSettings
 
-    settings = EngineSettings()
+    settings = daemon_engine_defaults()
     crop = np.random.default_rng(0).integers(0, 255, (1, 224, 224, 3), dtype=np.uint8)
-    local = load_classifier(settings.backend, threads=settings.threads)
+    local = load_classifier(
+        settings.backend, threads=settings.threads, mirror_average=settings.mirror_average
+    )
     ray.init(include_dashboard=False, log_to_driver=False, logging_level="warning")
     serve.start(proxy_location="Disabled")
     rows = []
@@ -454,6 +468,13 @@ def main() -> int:
         action="store_true",
         help="also run each camera count in cluster mode (local Ray) and measure the Serve classifier",
     )
+    parser.add_argument(
+        "--mirror-average",
+        choices=("on", "off", "both"),
+        default="off",
+        help="the engine's mirror averaging (off: the daemon's default); both: each camera count with it on, "
+        "then off",
+    )
     parser.add_argument("--serve-batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--serve-callers", type=int, default=16)
     args = parser.parse_args()
@@ -469,10 +490,12 @@ def main() -> int:
         server = RtspServerProcess(video=clip, mounts=("cam",)).start()
         results = []
         try:
-            for cameras in args.cameras:
+            mirror_settings = {"on": (True,), "off": (False,), "both": (True, False)}[args.mirror_average]
+            for cameras, mirror_average in [(c, m) for c in args.cameras for m in mirror_settings]:
                 for cluster in (False, True) if args.cluster else (False,):
                     print(
-                        f"{cameras} cameras{' (cluster mode)' if cluster else ''}: measuring {args.seconds:.0f} s "
+                        f"{cameras} cameras{' (cluster mode)' if cluster else ''}"
+                        f"{'' if mirror_average else ', mirror averaging off'}: measuring {args.seconds:.0f} s "
                         f"after {args.warmup:.0f} s warm-up (load average {load_average()})",
                         flush=True,
                     )
@@ -485,6 +508,7 @@ def main() -> int:
                         args.seconds,
                         args.interval,
                         cluster,
+                        mirror_average,
                     )
                     results.append(result)
                     print("  " + json.dumps(asdict(result)), flush=True)
@@ -496,12 +520,12 @@ def main() -> int:
         serve_rows = serve_throughput(args.serve_batches, args.serve_callers, min(args.seconds, 20.0))
     print()
     print(
-        f"{'mode':>10} {'cameras':>7} {'sustained':>9} {'fps min':>7} {'cls/s min':>9} {'lag 1st/2nd half s':>18} {'lag max s':>9} "
+        f"{'mode':>10} {'mirror':>6} {'cameras':>7} {'sustained':>9} {'fps min':>7} {'cls/s min':>9} {'lag 1st/2nd half s':>18} {'lag max s':>9} "
         f"{'cores':>5} {'cores/cam':>9} {'RSS MiB':>13} {'infer ms':>8}"
     )
     for r in results:
         print(
-            f"{r.mode:>10} {r.cameras:>7} {str(r.sustained):>9} {r.processed_fps_min:>7.2f} {r.classified_per_camera_s_min:>9.2f} "
+            f"{r.mode:>10} {'on' if r.mirror_average else 'off':>6} {r.cameras:>7} {str(r.sustained):>9} {r.processed_fps_min:>7.2f} {r.classified_per_camera_s_min:>9.2f} "
             f"{r.lag_first_half_s:>8.3f}/{r.lag_second_half_s:<9.3f} {r.lag_max_s:>9.3f} {r.cpu_cores:>5.2f} "
             f"{r.cpu_cores_per_camera:>9.3f} {r.rss_start_mib:>6.0f}->{r.rss_end_mib:<6.0f} {r.inference_mean_ms:>8.1f}"
         )
@@ -510,7 +534,11 @@ def main() -> int:
         print("cluster mode against the single-box daemon (same run, same cameras):")
         for cameras in args.cameras:
             single = next(r for r in results if r.cameras == cameras and r.mode == "single-box")
-            cluster = next(r for r in results if r.cameras == cameras and r.mode == "cluster")
+            cluster = next(
+                r
+                for r in results
+                if r.cameras == cameras and r.mode == "cluster" and r.mirror_average == single.mirror_average
+            )
             ratio = cluster.cpu_cores_per_camera / max(single.cpu_cores_per_camera, 1e-6)
             print(
                 f"  {cameras} cameras: cores/camera {single.cpu_cores_per_camera:.3f} -> "
@@ -523,6 +551,24 @@ def main() -> int:
             print(
                 f"  Serve max_batch_frames={row['max_batch_frames']}: {row['serve_crops_s']} crops/s "
                 f"(mean batch {row['serve_batch_mean']}) vs in-process {row['in_process_crops_s']} (x{row['ratio']})"
+            )
+    if args.mirror_average == "both":
+        print()
+        print("mirror averaging on against off (same run, same cameras):")
+        for cameras in args.cameras:
+            on, off = (
+                next(
+                    r
+                    for r in results
+                    if r.cameras == cameras and r.mode == "single-box" and r.mirror_average is m
+                )
+                for m in (True, False)
+            )
+            print(
+                f"  {cameras} cameras: classified/s min {on.classified_per_camera_s_min:.2f} vs "
+                f"{off.classified_per_camera_s_min:.2f}; cores {on.cpu_cores:.2f} vs {off.cpu_cores:.2f} "
+                f"(x{on.cpu_cores / max(off.cpu_cores, 1e-6):.2f}); inference {on.inference_mean_ms:.1f} vs "
+                f"{off.inference_mean_ms:.1f} ms; sustained {on.sustained} vs {off.sustained}"
             )
     sustained = [r.cameras for r in results if r.sustained and r.mode == "single-box"]
     print(

@@ -379,6 +379,7 @@ async def benchmark_one(
         "600",
         "--backend",
         arguments.backend,
+        "--mirror-average" if arguments.mirror_average else "--no-mirror-average",
         "--classify-hz",
         str(arguments.classify_hz),
         "--return-max-width",
@@ -440,6 +441,12 @@ def main() -> int:
     parser.add_argument("--backend", default="auto", help="classifier backend for the server (default auto)")
     parser.add_argument("--classify-hz", type=float, default=15.0, help="server's --classify-hz (default 15)")
     parser.add_argument(
+        "--mirror-average",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="server's mirror averaging (default on, the engine's default)",
+    )
+    parser.add_argument(
         "--stock-receiver", action="store_true", help="aiortc's own receive buffer at the senders"
     )
     parser.add_argument(
@@ -467,6 +474,7 @@ def main() -> int:
     results = asyncio.run(benchmark(arguments))
     report = {
         "machine": {"cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0]},
+        "mirror_average": arguments.mirror_average,
         "resolution": f"{SCREEN_WIDTH}x{SCREEN_HEIGHT}@{SCREEN_FPS}"
         if arguments.gallery
         else f"{WIDTH}x{HEIGHT}@{FPS}",

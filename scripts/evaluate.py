@@ -100,9 +100,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mirror-average",
-        action="store_true",
-        help="score each crop and its mirror image and average the two logits (not what the engine "
-        "runs today; model card, Experiments, 'Mirror averaging')",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score each crop and its mirror image and average the two logits, as the engine does by "
+        "default (EngineSettings.mirror_average; model card, 'Mirror averaging'); default on",
     )
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--cache", type=Path, default=REPO / ".cache")

@@ -11,7 +11,8 @@ of real footage (FAKE tracks in real clips over their total duration).
 
 The real clips are split by identity (a hash of the name's identity part): about a third are the
 threshold-validation clips. --choose-threshold scores only those and records in the training record
-(model/training.json, "live_threshold") the FAKE threshold that keeps every one of their tracks below
+(model/training.json: "live_threshold" with the engine's mirror averaging, the default;
+"live_threshold_without_mirror" with --no-mirror-average) the FAKE threshold that keeps every one of their tracks below
 it, and never below the 1 %-false-alarm score of the validation faces. The report leaves the
 validation clips out of every figure (they are listed apart), so nothing reported chose anything.
 """
@@ -41,6 +42,8 @@ THRESHOLD_MARGIN = 0.02
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    from stream_detector.pipeline.engine import EngineSettings
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -50,6 +53,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the report here (default: stdout)")
     parser.add_argument("--plot", type=Path, help="write a PNG of clip scores by class here")
     parser.add_argument("--backend", default="auto", help="classifier: auto (default), int8, fp32, keras")
+    parser.add_argument(
+        "--mirror-average",
+        action=argparse.BooleanOptionalAction,
+        default=EngineSettings().mirror_average,
+        help="the engine's mirror averaging (default: the engine's default, on)",
+    )
     parser.add_argument("--model-dir", type=Path, help="folder with the model files (default: model/)")
     parser.add_argument(
         "--detector-range",
@@ -59,7 +68,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "than half the frames (tight face crops such as videos/dfdc-faces)",
     )
     parser.add_argument("--max-seconds", type=float, default=None, help="score only the start of each clip")
-    parser.add_argument("--fake-enter", type=float, help="FAKE threshold to evaluate (default: the engine's)")
+    parser.add_argument(
+        "--fake-enter",
+        type=float,
+        help="FAKE threshold to evaluate (default: the one recorded for the scoring)",
+    )
     parser.add_argument(
         "--choose-threshold",
         action="store_true",
@@ -182,7 +195,7 @@ def plot_clip_scores(entries: list[dict], threshold: float, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     from stream_detector.pipeline.engine import EngineSettings, build_engine
-    from stream_detector.pipeline.smoothing import SmootherSettings
+    from stream_detector.pipeline.smoothing import SmootherSettings, live_threshold
     from stream_detector.scan.report import scan_video
 
     clips = find_clips(arguments.videos or [DEFAULT_VIDEOS])
@@ -194,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             raise StreamDetectorError(
                 f"--choose-threshold needs the training record: {arguments.record} not found"
             )
-    smoothing = SmootherSettings()
+    # The threshold recorded for the scoring measured, unless one is given.
+    smoothing = SmootherSettings(fake_enter=live_threshold(arguments.mirror_average))
     if arguments.fake_enter is not None:
         smoothing = replace(smoothing, fake_enter=arguments.fake_enter)
     settings = EngineSettings(
         backend=arguments.backend,
+        mirror_average=arguments.mirror_average,
         detector_range="short" if arguments.detector_range == "short" else "full",
         classify_hz=0.0,
         smoothing=smoothing,
@@ -241,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         if short_engine is not None:
             short_engine.close()
     if arguments.choose_threshold:
-        return record_threshold(arguments.record, entries)
+        key = "live_threshold" if arguments.mirror_average else "live_threshold_without_mirror"
+        return record_threshold(arguments.record, entries, engine.backend, key)
     reported = [entry for entry in entries if not entry["validation"]]
     result = {
         "model": engine.backend,
@@ -270,26 +286,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def record_threshold(record_path: Path, entries: list[dict]) -> int:
+def record_threshold(
+    record_path: Path, entries: list[dict], classifier: str, key: str = "live_threshold"
+) -> int:
+    """Choose the live FAKE threshold from the validation clips' tracks and write it to the training
+    record under ``key`` (one per scoring: pipeline/smoothing.py's LIVE_THRESHOLD_* constants)."""
     record = json.loads(record_path.read_text())
     face_threshold = float(record["calibration"]["fake_threshold_at_1pct_false_alarms"])
     highest = max((entry["max_p_smoothed"] or 0.0) for entry in entries)
     # Rounded up, never to the nearest: a threshold rounded down would sit under the score it must not
     # be below (v2's faces gave 0.80124, which rounds to 0.801).
     threshold = min(0.99, math.ceil(max(face_threshold, highest + THRESHOLD_MARGIN) * 1000 - 1e-9) / 1000)
-    record["live_threshold"] = {
+    record[key] = {
         "fake_enter": threshold,
         "rule": "max(1 %-false-alarm score of validation faces, highest smoothed p(fake) of any "
         f"validation real-clip track + {THRESHOLD_MARGIN}): no false alarm on the validation footage",
         "face_threshold": face_threshold,
         "highest_validation_real_track": highest,
+        # The scoring the tracks were measured with ("litert-int8+mirror": the engine's mirror averaging).
+        "classifier": classifier,
         "validation_clips": [entry["clip"] for entry in entries],
         "validation_real_seconds": round(sum(entry["duration_s"] for entry in entries), 1),
     }
-    record_path.write_text(json.dumps(record, indent=1))
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
     print(
         f"live FAKE threshold: {threshold} (faces: {face_threshold:.3f}, highest validation real track "
-        f"{highest:.3f}, {len(entries)} clips) -> {record_path}",
+        f"{highest:.3f}, {len(entries)} clips) -> {record_path} ({key})",
         file=sys.stderr,
     )
     return 0

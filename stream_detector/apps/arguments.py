@@ -6,10 +6,17 @@ import argparse
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser, classify_hz: float) -> None:
-    """--backend, --detector-range (alias --range), --min-face-size, --classify-hz; read back by
+    """--backend, --mirror-average, --detector-range (alias --range), --min-face-size, --classify-hz; read back by
     pipeline.engine.settings_from_arguments. ``classify_hz`` is the command's own default."""
     parser.add_argument(
         "--backend", default="auto", help="classifier: auto (default: the fastest present), int8, fp32, keras"
+    )
+    parser.add_argument(
+        "--mirror-average",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score each face and its mirror image, averaging the two (default on: a little more "
+        "accurate for twice the classifier's work; --no-mirror-average on a slow machine)",
     )
     parser.add_argument(
         "--detector-range",

@@ -41,11 +41,18 @@ class ClassifierDeployment:
     """One Serve replica: the project's own classifier (LiteRT int8 by default), batched across cameras."""
 
     def __init__(
-        self, backend: str, model_dir: str | None, threads: int, max_batch_frames: int, batch_wait_s: float
+        self,
+        backend: str,
+        model_dir: str | None,
+        threads: int,
+        max_batch_frames: int,
+        batch_wait_s: float,
+        mirror_average: bool = True,
     ) -> None:
         from stream_detector.pipeline.classifier import load_classifier
 
-        self.classifier = load_classifier(backend, model_dir, threads=threads)
+        # The mirror is made here, beside the model, so a camera sends each crop once.
+        self.classifier = load_classifier(backend, model_dir, threads=threads, mirror_average=mirror_average)
         self.waiting = 0
         self.classify_frames.set_max_batch_size(max_batch_frames)
         self.classify_frames.set_batch_wait_timeout_s(batch_wait_s)
@@ -103,6 +110,7 @@ def classifier_application(cluster: ClusterConfig, engine: EngineSettings):
         engine.threads,
         cluster.max_batch_frames,
         cluster.batch_wait_s,
+        engine.mirror_average,
     )
 
 

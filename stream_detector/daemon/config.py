@@ -23,7 +23,7 @@ from stream_detector.daemon.events import EventPolicy, WebhookPolicy
 from stream_detector.daemon.mqtt import MqttConfig, MqttSettings
 from stream_detector.errors import ConfigError
 from stream_detector.pipeline.engine import EngineSettings
-from stream_detector.pipeline.smoothing import SmootherSettings
+from stream_detector.pipeline.smoothing import SmootherSettings, live_threshold
 from stream_detector.pipeline.tracking import TrackerSettings
 from stream_detector.settings import Setting, declared_settings, setting
 
@@ -34,6 +34,9 @@ CAMERA_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 WEBHOOK_SCHEMES = ("http", "https")
 MASK = "***"
 DAEMON_CLASSIFY_HZ = 5.0
+# Mirror averaging doubles the classifier's work; with it a 2-core box no longer sustains 8 cameras at
+# 5 Hz (docs/benchmarks.md: 4.1 Hz each), so the daemon leaves it off unless the config turns it on.
+DAEMON_MIRROR_AVERAGE = False
 # Hiding very short values would mangle ordinary words in log lines; such secrets are not worth the name.
 MIN_SECRET_LENGTH = 3
 
@@ -506,22 +509,31 @@ def _cluster(table: _Table) -> ClusterConfig | None:
     return config
 
 
+def daemon_engine_defaults(mirror_average: bool = DAEMON_MIRROR_AVERAGE) -> EngineSettings:
+    """The engine's own defaults, except the classification rate (the daemon's cost per camera is set
+    by process_hz, and classifying every processed frame at that rate is what it is sized for), mirror
+    averaging (off: DAEMON_MIRROR_AVERAGE), and the FAKE threshold recorded for the scoring in use."""
+    return replace(
+        EngineSettings(),
+        classify_hz=DAEMON_CLASSIFY_HZ,
+        mirror_average=mirror_average,
+        smoothing=SmootherSettings(fake_enter=live_threshold(mirror_average)),
+    )
+
+
 def _engine(table: _Table) -> EngineSettings:
+    engine_values = read_declared(table, EngineSettings, daemon_engine_defaults())
+    defaults = daemon_engine_defaults(engine_values["mirror_average"])
     smoothing_table = table.table("smoothing")
     try:
-        smoothing = SmootherSettings(**read_declared(smoothing_table, SmootherSettings))
+        smoothing = SmootherSettings(**read_declared(smoothing_table, SmootherSettings, defaults.smoothing))
     except ValueError as error:
         raise ConfigError(f"{smoothing_table.path}: {error}") from None
     smoothing_table.finish()
     tracking_table = table.table("tracking")
     tracking = TrackerSettings(**read_declared(tracking_table, TrackerSettings))
     tracking_table.finish()
-    # Defaults are the engine's own, except the classification rate: the daemon's cost per camera is
-    # set by process_hz, and classifying every processed frame at that rate is what it is sized for.
-    defaults = replace(EngineSettings(), classify_hz=DAEMON_CLASSIFY_HZ)
-    settings = EngineSettings(
-        tracking=tracking, smoothing=smoothing, **read_declared(table, EngineSettings, defaults)
-    )
+    settings = EngineSettings(tracking=tracking, smoothing=smoothing, **engine_values)
     table.finish()
     return settings
 
@@ -634,7 +646,7 @@ def load_config(path: str | Path, environment: dict[str, str] | None = None) -> 
 def schema() -> dict[str, dict[str, tuple[Any, Setting | None]]]:
     """Every key the daemon's TOML accepts, per table: (default, declaration). Keys read by hand (a
     camera's url, the webhook's url and headers) have no declaration."""
-    engine_defaults = replace(EngineSettings(), classify_hz=DAEMON_CLASSIFY_HZ)
+    engine_defaults = daemon_engine_defaults()
 
     def declared(settings_type: type, defaults: Any | None = None) -> dict[str, tuple[Any, Setting | None]]:
         return {
@@ -646,7 +658,7 @@ def schema() -> dict[str, dict[str, tuple[Any, Setting | None]]]:
         "daemon": declared(DaemonSection),
         "http": declared(HttpConfig),
         "engine": declared(EngineSettings, engine_defaults),
-        "engine.smoothing": declared(SmootherSettings),
+        "engine.smoothing": declared(SmootherSettings, engine_defaults.smoothing),
         "engine.tracking": declared(TrackerSettings),
         "events": declared(EventsConfig),
         "webhook": {"url": (None, None), **declared(WebhookPolicy), "headers": ({}, None)},

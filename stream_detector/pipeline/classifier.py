@@ -108,8 +108,35 @@ def mirror_averaged(classify, crops: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-average))).astype(np.float32)
 
 
-def load_classifier(backend: str = "auto", directory: str | Path | None = None, threads: int = 2):
-    """The classifier for a backend name: int8, fp32, keras, or auto (the fastest one present)."""
+class MirrorAveragedClassifier:
+    """Another classifier, each crop scored with its mirror image in the same call (``mirror_averaged``).
+
+    The engine's default (EngineSettings.mirror_average): the model card's "Mirror averaging" has what
+    it buys and costs. ``name`` says so, so /metrics and reports tell which scoring ran."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}+mirror"
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        return mirror_averaged(self.inner.classify, crops)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+
+def load_classifier(
+    backend: str = "auto", directory: str | Path | None = None, threads: int = 2, mirror_average: bool = False
+):
+    """The classifier for a backend name: int8, fp32, keras, or auto (the fastest one present);
+    ``mirror_average``: wrapped in MirrorAveragedClassifier."""
+    classifier = _load_backend(backend, directory, threads)
+    return MirrorAveragedClassifier(classifier) if mirror_average else classifier
+
+
+def _load_backend(backend: str, directory: str | Path | None, threads: int):
     directory = Path(directory) if directory else model_dir()
     files = {"int8": TFLITE_INT8_FILE, "fp32": TFLITE_FP32_FILE, "keras": KERAS_FILE}
     if backend == "auto":

@@ -55,7 +55,7 @@ import numpy as np
 
 from stream_detector.pipeline.crops import CROP_SIZE, crop_face
 from stream_detector.pipeline.meters import RateMeter, monotonic_ms
-from stream_detector.pipeline.smoothing import Smoother, SmootherSettings
+from stream_detector.pipeline.smoothing import Smoother, SmootherSettings, live_threshold
 from stream_detector.pipeline.tracking import Tracker, TrackerSettings, appearance_descriptor
 from stream_detector.pipeline.types import Classifier, FaceDetector, Frame, TrackedFace, Verdict
 from stream_detector.settings import setting
@@ -117,6 +117,11 @@ class EngineSettings:
         "classifier: auto (the fastest present), int8, fp32, keras",
         choices=("auto", "int8", "fp32", "keras"),
     )
+    mirror_average: bool = setting(
+        True,
+        "score each face crop and its left-right mirror in one call and average the two logits: "
+        "~+0.01 ROC-AUC on validation faces for twice the classifier's work (model card)",
+    )
     model_dir: str | None = setting(
         None, "folder of the model files (default: the search path, docs/development.md)"
     )
@@ -143,6 +148,9 @@ def settings_from_arguments(arguments) -> EngineSettings:
             min_face_size=arguments.min_face_size,
             classify_hz=arguments.classify_hz,
             backend=arguments.backend,
+            mirror_average=arguments.mirror_average,
+            # No command takes a FAKE threshold: it is the one recorded for the scoring chosen.
+            smoothing=SmootherSettings(fake_enter=live_threshold(arguments.mirror_average)),
         )
     except ValueError as error:
         raise StreamDetectorError(str(error)) from None
@@ -525,7 +533,12 @@ def build_engine(
     # Fail now, not on the first frame, if the detector model is missing.
     detector_model_path(settings.detector_range)  # type: ignore[arg-type]
     if classifier is None:
-        classifier = load_classifier(settings.backend, settings.model_dir, threads=settings.threads)
+        classifier = load_classifier(
+            settings.backend,
+            settings.model_dir,
+            threads=settings.threads,
+            mirror_average=settings.mirror_average,
+        )
 
     def make_plain_detector(video_mode: bool) -> FaceDetector:
         return MediaPipeFaceDetector(

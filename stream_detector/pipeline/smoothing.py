@@ -28,6 +28,19 @@ from dataclasses import dataclass
 from stream_detector.pipeline.types import TrackedFace, Verdict, VerdictState
 from stream_detector.settings import setting
 
+# The live FAKE thresholds recorded for the shipped model by scripts/evaluate_clips.py
+# --choose-threshold in model/training.json, one per scoring, since a threshold belongs to the scores it
+# was chosen on: "live_threshold" with the engine's mirror averaging (its default),
+# "live_threshold_without_mirror" with each crop scored alone. Neither is below the 1 %-false-alarm
+# score of the validation faces; tests/pipeline/test_smoothing.py checks both against the record.
+LIVE_THRESHOLD_MIRROR_AVERAGED = 0.846
+LIVE_THRESHOLD_WITHOUT_MIRROR = 0.902
+
+
+def live_threshold(mirror_average: bool) -> float:
+    """The recorded live FAKE threshold for a scoring (EngineSettings.mirror_average)."""
+    return LIVE_THRESHOLD_MIRROR_AVERAGED if mirror_average else LIVE_THRESHOLD_WITHOUT_MIRROR
+
 
 @dataclass(frozen=True)
 class SmootherSettings:
@@ -37,11 +50,15 @@ class SmootherSettings:
     min_evidence: float = setting(
         4.0, "decayed number of scores a verdict needs; UNCERTAIN below", minimum=0.0, maximum=1000.0
     )
-    # The live threshold recorded by scripts/evaluate_clips.py --choose-threshold in
-    # model/training.json ("live_threshold"), never below the 1 %-false-alarm score of the validation
-    # faces; tests/test_smoothing.py checks that this default follows the record.
+    # The default is the threshold for the engine's default scoring; a command or config that turns
+    # mirror averaging off takes live_threshold(False) unless fake_enter is given.
     fake_enter: float = setting(
-        0.902, "smoothed p(fake) at which a face becomes FAKE", minimum=0.0, maximum=1.0
+        LIVE_THRESHOLD_MIRROR_AVERAGED,
+        "smoothed p(fake) at which a face becomes FAKE (default: the model's recorded live threshold "
+        f"for the scoring: {LIVE_THRESHOLD_MIRROR_AVERAGED} mirror-averaged, "
+        f"{LIVE_THRESHOLD_WITHOUT_MIRROR} without)",
+        minimum=0.0,
+        maximum=1.0,
     )
     fake_exit: float = setting(
         0.55, "a FAKE face stays FAKE until its mean falls below this", minimum=0.0, maximum=1.0

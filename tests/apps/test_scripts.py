@@ -301,8 +301,17 @@ def test_the_recorded_live_threshold_is_rounded_up_never_below_the_face_threshol
     record = tmp_path / "training.json"
     record.write_text(json.dumps({"calibration": {"fake_threshold_at_1pct_false_alarms": face_threshold}}))
     entry = {"clip": "a.mp4", "max_p_smoothed": highest_track, "duration_s": 1.0}
-    assert load_script("evaluate_clips").record_threshold(record, [entry]) == 0
+    assert load_script("evaluate_clips").record_threshold(record, [entry], "litert-int8+mirror") == 0
     live = json.loads(record.read_text())["live_threshold"]
+    assert live["classifier"] == "litert-int8+mirror"
+    # The plain scoring's threshold goes under its own key and leaves the other in place.
+    script = load_script("evaluate_clips")
+    assert script.record_threshold(record, [entry], "litert-int8", "live_threshold_without_mirror") == 0
+    written = json.loads(record.read_text())
+    assert (
+        written["live_threshold"] == live
+        and written["live_threshold_without_mirror"]["classifier"] == "litert-int8"
+    )
     assert live["fake_enter"] == pytest.approx(expected, abs=1e-9)
     assert live["fake_enter"] >= min(0.99, face_threshold)
 
@@ -334,7 +343,7 @@ def test_mirror_average_scores_each_face_with_its_mirror(evaluate, tmp_path):
     make_set(tmp_path, real=3, fake=3)
     arguments = ["--data", str(tmp_path), "--cache", str(tmp_path / "cache"), "--no-face", "whole"]
     reports = {}
-    for name, extra in (("plain", []), ("mirror", ["--mirror-average"])):
+    for name, extra in (("plain", ["--no-mirror-average"]), ("mirror", [])):
         path = tmp_path / f"{name}.json"
         assert evaluate.main([*arguments, *extra, "--json", str(path), "--no-progress", "--no-audit"]) == 0
         reports[name] = json.loads(path.read_text())

@@ -65,6 +65,25 @@ def test_minimal_config_takes_the_defaults():
     assert config.webhook is None and config.http.port == 9108 and config.log_format == "json"
 
 
+@pytest.mark.parametrize(
+    ("engine_lines", "mirror_average", "fake_enter"),
+    [
+        ("", False, 0.902),  # the daemon's default: a 2-core box sustains 8 cameras without the mirror
+        ("mirror_average = true\n", True, 0.846),  # the threshold follows the scoring...
+        ("mirror_average = true\n[engine.smoothing]\nfake_enter = 0.95\n", True, 0.95),  # ...unless given
+        ("[engine.smoothing]\nfake_enter = 0.7\n", False, 0.7),
+    ],
+)
+def test_the_fake_threshold_follows_the_scoring_unless_given(engine_lines, mirror_average, fake_enter):
+    from stream_detector.pipeline.smoothing import live_threshold
+
+    config = parse_config("[engine]\n" + engine_lines + MINIMAL, environment={})
+    assert config.engine.mirror_average is mirror_average
+    assert config.engine.smoothing.fake_enter == pytest.approx(fake_enter)
+    if "fake_enter" not in engine_lines:
+        assert config.engine.smoothing.fake_enter == live_threshold(mirror_average)
+
+
 def test_full_config_reads_every_section_and_substitutes_secrets():
     config = parse_config(FULL, environment=ENVIRONMENT)
     door, yard, attic = config.cameras

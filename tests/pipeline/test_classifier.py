@@ -50,3 +50,67 @@ def test_empty_and_malformed_batches():
     assert mirror_averaged(left_brightness_classifier([]), np.zeros((0, 8, 8, 3), np.uint8)).shape == (0,)
     with pytest.raises(ValueError, match="crops must be"):
         mirror_averaged(left_brightness_classifier([]), np.zeros((8, 8, 3), np.uint8))
+
+
+class FakeInner:
+    name = "fake"
+
+    def __init__(self):
+        self.calls = []
+        self.closed = False
+        self.classify = left_brightness_classifier(self.calls)
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_wrapper_says_so_in_its_name_and_closes_what_it_wraps():
+    from stream_detector.pipeline.classifier import MirrorAveragedClassifier
+
+    inner = FakeInner()
+    wrapped = MirrorAveragedClassifier(inner)
+    crops = np.random.default_rng(1).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_allclose(wrapped.classify(crops), mirror_averaged(inner.classify, crops), rtol=1e-6)
+    assert wrapped.name == "fake+mirror" and inner.calls[0] == 8
+    wrapped.close()
+    assert inner.closed
+
+
+@pytest.mark.slow
+def test_the_engine_mirror_averages_the_shipped_model_by_default(astronaut_bgr):
+    from stream_detector.pipeline.classifier import load_classifier
+    from stream_detector.pipeline.crops import crop_face
+    from stream_detector.pipeline.engine import EngineSettings, build_engine
+
+    crop = crop_face(astronaut_bgr, (175, 55, 320, 200))[None]
+    plain = load_classifier("int8")
+    wrapped = load_classifier("int8", mirror_average=True)
+    assert plain.name == "litert-int8" and wrapped.name == "litert-int8+mirror"
+    # The real model is not mirror-symmetric, so the averaged score is its own number, and it is the
+    # log-odds mean of the crop's and its mirror's.
+    expected = 1 / (
+        1 + np.exp(-(_logit(plain.classify(crop)) + _logit(plain.classify(crop[:, :, ::-1]))) / 2)
+    )
+    np.testing.assert_allclose(wrapped.classify(crop), expected, rtol=1e-4)
+    with build_engine(EngineSettings(backend="int8")) as engine:
+        assert engine.backend == "litert-int8+mirror"
+    with build_engine(EngineSettings(backend="int8", mirror_average=False)) as engine:
+        assert engine.backend == "litert-int8"
+
+
+def test_every_command_can_turn_it_off():
+    import argparse
+
+    from stream_detector.apps.arguments import add_engine_arguments
+    from stream_detector.pipeline.engine import settings_from_arguments
+    from stream_detector.pipeline.smoothing import live_threshold
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser, classify_hz=5.0)
+    on = settings_from_arguments(parser.parse_args([]))
+    off = settings_from_arguments(parser.parse_args(["--no-mirror-average"]))
+    assert on.mirror_average is True and off.mirror_average is False
+    # The FAKE threshold is the one chosen on scores of the same kind: plain scores reach higher on
+    # real clips, so a command that turns the mirror off must not keep the mirror's threshold.
+    assert on.smoothing.fake_enter == live_threshold(True)
+    assert off.smoothing.fake_enter == live_threshold(False) > on.smoothing.fake_enter

@@ -114,6 +114,26 @@ def test_default_fake_threshold_is_the_live_threshold_recorded_for_the_shipped_m
     assert SmootherSettings().fake_enter == pytest.approx(live["fake_enter"], abs=0.005)
 
 
+def test_each_scoring_has_its_own_recorded_threshold():
+    import json
+
+    from stream_detector.pipeline.smoothing import live_threshold
+    from tests.conftest import REPO
+
+    record = json.loads((REPO / "model" / "training.json").read_text())
+    for mirror_average, key, classifier in (
+        (True, "live_threshold", "+mirror"),
+        (False, "live_threshold_without_mirror", "int8"),
+    ):
+        live = record[key]
+        # Chosen on tracks scored the way this threshold will be used.
+        assert live["classifier"].endswith(classifier), (key, live["classifier"])
+        assert live["fake_enter"] > live["highest_validation_real_track"]
+        assert live_threshold(mirror_average) == pytest.approx(live["fake_enter"], abs=0.005)
+    # The default scoring's threshold is the settings' default.
+    assert SmootherSettings().fake_enter == live_threshold(True)
+
+
 @pytest.mark.parametrize(
     ("document", "pattern"),
     [

