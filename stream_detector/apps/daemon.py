@@ -33,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"{camera.name}: {camera.display_url} ({state}, {camera.process_hz:g} Hz)")
         if config.cluster is not None:
             print(f"cluster: {config.cluster.address} (namespace {config.cluster.namespace})")
+        engine = config.engine
+        # The FAKE threshold belongs to the scoring (pipeline/smoothing.py): say both, so a config that
+        # turns one on without the other shows it here.
+        print(
+            f"engine: classifier {engine.backend}, mirror averaging {'on' if engine.mirror_average else 'off'}, "
+            f"FAKE at a smoothed {engine.smoothing.fake_enter:g}, classify {engine.classify_hz:g} Hz per face"
+        )
         print(f"config OK: {sum(c.enabled for c in config.cameras)} camera(s) enabled")
         return 0
     configure_logging(config.log_format, config.mask)

@@ -74,14 +74,24 @@ def test_minimal_config_takes_the_defaults():
         ("[engine.smoothing]\nfake_enter = 0.7\n", False, 0.7),
     ],
 )
-def test_the_fake_threshold_follows_the_scoring_unless_given(engine_lines, mirror_average, fake_enter):
+def test_the_fake_threshold_follows_the_scoring_unless_given(
+    engine_lines, mirror_average, fake_enter, tmp_path, capsys
+):
+    from stream_detector import cli
     from stream_detector.pipeline.smoothing import live_threshold
 
-    config = parse_config("[engine]\n" + engine_lines + MINIMAL, environment={})
+    text = "[engine]\n" + engine_lines + MINIMAL
+    config = parse_config(text, environment={})
     assert config.engine.mirror_average is mirror_average
     assert config.engine.smoothing.fake_enter == pytest.approx(fake_enter)
     if "fake_enter" not in engine_lines:
         assert config.engine.smoothing.fake_enter == live_threshold(mirror_average)
+    # daemon --check says which scoring and which threshold the daemon will run.
+    path = tmp_path / "daemon.toml"
+    path.write_text(text)
+    assert cli.main(["daemon", "--config", str(path), "--check"]) == 0
+    shown = capsys.readouterr().out
+    assert f"mirror averaging {'on' if mirror_average else 'off'}, FAKE at a smoothed {fake_enter:g}" in shown
 
 
 def test_full_config_reads_every_section_and_substitutes_secrets():
