@@ -20,8 +20,8 @@ and workers), and the table gives the cluster mode's cost per camera against the
 classification round trip through Serve. It then measures the Serve classifier alone: crops/s against
 the batch size, from concurrent callers, beside the same model called in-process at that batch size.
 
-``--mirror-average both``: each camera count with the engine's mirror averaging on and then off (the
-daemon's default), and the cost of it as a ratio from the same run.
+``--mirror-average both``: each camera count with the engine's mirror averaging on (the daemon's
+default) and then off, and the cost of it as a ratio from the same run.
 """
 
 from __future__ import annotations
@@ -471,8 +471,8 @@ def main() -> int:
     parser.add_argument(
         "--mirror-average",
         choices=("on", "off", "both"),
-        default="off",
-        help="the engine's mirror averaging (off: the daemon's default); both: each camera count with it on, "
+        default="on",
+        help="the engine's mirror averaging (on: the daemon's default); both: each camera count with it on, "
         "then off",
     )
     parser.add_argument("--serve-batches", type=int, nargs="+", default=[1, 4, 16])

@@ -656,9 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     (arguments.out / "training.json").write_text(json.dumps(record, indent=1))
     if keras.backend.backend() == "tensorflow":
-        from stream_detector.training.export import export_all
+        from stream_detector.training.export import export_all, sample_crops
 
-        for name, path in export_all(shipped, arguments.out).items():
+        # The int8 file's activation ranges come from training faces (never validation or test ones).
+        calibration = sample_crops([crop for faces in splits.train.values() for crop in faces.crops], size)
+        for name, path in export_all(shipped, arguments.out, calibration).items():
             print(f"export: {name} -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
     else:
         print("export: run scripts/export.py under the TensorFlow backend to write the .tflite files")

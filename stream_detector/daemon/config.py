@@ -34,9 +34,10 @@ CAMERA_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 WEBHOOK_SCHEMES = ("http", "https")
 MASK = "***"
 DAEMON_CLASSIFY_HZ = 5.0
-# Mirror averaging doubles the classifier's work; with it a 2-core box no longer sustains 8 cameras at
-# 5 Hz (docs/benchmarks.md: 4.1 Hz each), so the daemon leaves it off unless the config turns it on.
-DAEMON_MIRROR_AVERAGE = False
+# Mirror averaging doubles the classifier's work: with the dynamic-range int8 model a 2-core box no
+# longer sustained 8 cameras at 5 Hz (4.1 Hz each); with the full-integer one it does (4.95 Hz, 1.76
+# cores; docs/benchmarks.md), so the daemon scores as every other command does.
+DAEMON_MIRROR_AVERAGE = True
 # Hiding very short values would mangle ordinary words in log lines; such secrets are not worth the name.
 MIN_SECRET_LENGTH = 3
 
@@ -511,8 +512,8 @@ def _cluster(table: _Table) -> ClusterConfig | None:
 
 def daemon_engine_defaults(mirror_average: bool = DAEMON_MIRROR_AVERAGE) -> EngineSettings:
     """The engine's own defaults, except the classification rate (the daemon's cost per camera is set
-    by process_hz, and classifying every processed frame at that rate is what it is sized for), mirror
-    averaging (off: DAEMON_MIRROR_AVERAGE), and the FAKE threshold recorded for the scoring in use."""
+    by process_hz, and classifying every processed frame at that rate is what it is sized for), and the
+    FAKE threshold recorded for the scoring in use (DAEMON_MIRROR_AVERAGE unless the config says)."""
     return replace(
         EngineSettings(),
         classify_hz=DAEMON_CLASSIFY_HZ,

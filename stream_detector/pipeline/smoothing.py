@@ -34,7 +34,7 @@ from stream_detector.settings import setting
 # "live_threshold_without_mirror" with each crop scored alone. Neither is below the 1 %-false-alarm
 # score of the validation faces; tests/pipeline/test_smoothing.py checks both against the record.
 LIVE_THRESHOLD_MIRROR_AVERAGED = 0.846
-LIVE_THRESHOLD_WITHOUT_MIRROR = 0.902
+LIVE_THRESHOLD_WITHOUT_MIRROR = 0.897
 
 
 def live_threshold(mirror_average: bool) -> float:

@@ -350,3 +350,22 @@ def test_mirror_average_scores_each_face_with_its_mirror(evaluate, tmp_path):
     assert reports["plain"]["mirror_average"] is False and reports["mirror"]["mirror_average"] is True
     # Noise images are not mirror-symmetric, so the averaged scores (and their Brier score) move.
     assert reports["mirror"][str(tmp_path)]["brier"] != reports["plain"][str(tmp_path)]["brier"]
+
+
+def test_export_refuses_calibration_data_it_cannot_vouch_for(tmp_path):
+    import json
+
+    from stream_detector.errors import StreamDetectorError
+
+    export = load_script("export")
+    model = tmp_path / "detector.keras"
+    with pytest.raises(StreamDetectorError, match="needs the training record"):
+        export.main(["--model", str(model), "--calibration-data", str(tmp_path)])
+    (tmp_path / "training.json").write_text(json.dumps({"splits": {"train": {"dfdc": ["real/a.jpg"]}}}))
+    with pytest.raises(StreamDetectorError, match="calibration folder not found"):
+        export.main(["--model", str(model), "--calibration-data", str(tmp_path / "missing")])
+    # A folder the record has no training files of would calibrate on faces that may be test faces.
+    other = tmp_path / "ffhq-tpdne"
+    other.mkdir()
+    with pytest.raises(StreamDetectorError, match="lists no training files of 'ffhq-tpdne'"):
+        export.main(["--model", str(model), "--calibration-data", str(other)])

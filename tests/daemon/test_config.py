@@ -68,10 +68,10 @@ def test_minimal_config_takes_the_defaults():
 @pytest.mark.parametrize(
     ("engine_lines", "mirror_average", "fake_enter"),
     [
-        ("", False, 0.902),  # the daemon's default: a 2-core box sustains 8 cameras without the mirror
-        ("mirror_average = true\n", True, 0.846),  # the threshold follows the scoring...
-        ("mirror_average = true\n[engine.smoothing]\nfake_enter = 0.95\n", True, 0.95),  # ...unless given
-        ("[engine.smoothing]\nfake_enter = 0.7\n", False, 0.7),
+        ("", True, 0.846),  # the daemon's default, as every command's
+        ("mirror_average = false\n", False, 0.897),  # the threshold follows the scoring...
+        ("mirror_average = false\n[engine.smoothing]\nfake_enter = 0.95\n", False, 0.95),  # ...unless given
+        ("[engine.smoothing]\nfake_enter = 0.7\n", True, 0.7),
     ],
 )
 def test_the_fake_threshold_follows_the_scoring_unless_given(
