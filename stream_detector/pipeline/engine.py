@@ -117,6 +117,9 @@ class EngineSettings:
         "classifier: auto (the fastest present), int8, fp32, keras",
         choices=("auto", "int8", "fp32", "keras"),
     )
+    # The FAKE threshold belongs to the scoring: code that turns this off should also pass
+    # smoothing=SmootherSettings(fake_enter=live_threshold(False)), as settings_from_arguments and the
+    # daemon's config do; otherwise the mirror-averaged threshold (lower) judges plain scores.
     mirror_average: bool = setting(
         True,
         "score each face crop and its left-right mirror in one call and average the two logits: "
