@@ -25,7 +25,6 @@ import json
 import logging
 import sys
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,6 +50,8 @@ CONDITIONS = {
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    from stream_detector.pipeline.engine import EngineSettings
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -101,7 +102,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mirror-average",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=EngineSettings().mirror_average,
         help="score each crop and its mirror image and average the two logits, as the engine does by "
         "default (EngineSettings.mirror_average; model card, 'Mirror averaging'); default on",
     )
@@ -130,18 +131,17 @@ class Predictor:
 
             self._classifier = KerasClassifier(model=load_keras_model(path))
             self.size = self._classifier.size
-        self._score = self._classifier.classify
         if mirror_average:
-            from stream_detector.pipeline.classifier import mirror_averaged
+            from stream_detector.pipeline.classifier import MirrorAveragedClassifier
 
-            self._score = partial(mirror_averaged, self._classifier.classify)
+            self._classifier = MirrorAveragedClassifier(self._classifier)
 
     def __call__(self, images):
         import numpy as np
 
         outputs = []
         for start in range(0, len(images), 32):
-            outputs.append(self._score(images[start : start + 32]))
+            outputs.append(self._classifier.classify(images[start : start + 32]))
         return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
 
 

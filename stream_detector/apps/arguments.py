@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from stream_detector.pipeline.engine import EngineSettings
+
 
 def add_engine_arguments(parser: argparse.ArgumentParser, classify_hz: float) -> None:
     """--backend, --mirror-average, --detector-range (alias --range), --min-face-size, --classify-hz; read back by
@@ -14,7 +16,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, classify_hz: float) ->
     parser.add_argument(
         "--mirror-average",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=EngineSettings().mirror_average,
         help="score each face and its mirror image, averaging the two (default on: a little more "
         "accurate for twice the classifier's work; --no-mirror-average on a slow machine)",
     )

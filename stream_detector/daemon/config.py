@@ -34,10 +34,6 @@ CAMERA_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 WEBHOOK_SCHEMES = ("http", "https")
 MASK = "***"
 DAEMON_CLASSIFY_HZ = 5.0
-# Mirror averaging doubles the classifier's work: with the dynamic-range int8 model a 2-core box no
-# longer sustained 8 cameras at 5 Hz (4.1 Hz each); with the full-integer one it does (4.95 Hz, 1.76
-# cores; docs/benchmarks.md), so the daemon scores as every other command does.
-DAEMON_MIRROR_AVERAGE = True
 # Hiding very short values would mangle ordinary words in log lines; such secrets are not worth the name.
 MIN_SECRET_LENGTH = 3
 
@@ -510,10 +506,14 @@ def _cluster(table: _Table) -> ClusterConfig | None:
     return config
 
 
-def daemon_engine_defaults(mirror_average: bool = DAEMON_MIRROR_AVERAGE) -> EngineSettings:
+def daemon_engine_defaults(mirror_average: bool | None = None) -> EngineSettings:
     """The engine's own defaults, except the classification rate (the daemon's cost per camera is set
     by process_hz, and classifying every processed frame at that rate is what it is sized for), and the
-    FAKE threshold recorded for the scoring in use (DAEMON_MIRROR_AVERAGE unless the config says)."""
+    FAKE threshold recorded for the scoring in use: the engine's default scoring unless the config says.
+    (Mirror averaging fits 8 cameras at 5 Hz on 2 cores with the full-integer int8 file:
+    docs/benchmarks.md.)"""
+    if mirror_average is None:
+        mirror_average = EngineSettings().mirror_average
     return replace(
         EngineSettings(),
         classify_hz=DAEMON_CLASSIFY_HZ,
