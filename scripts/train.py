@@ -50,6 +50,8 @@ CONSISTENCY_WEIGHT = 2.0
 # ramped it in over (0.5, 0.75) from v2; v4 starts from a model that already holds its twins, so it is
 # on from the first step.
 CONSISTENCY_RAMP = (0.0, 0.0)
+# v1-v4 pulled both sides of a pair together (loop.CONSISTENCY_TARGETS).
+CONSISTENCY_TARGET = "both"
 FALSE_ALARM_RATE = 0.01  # per real face, at the recorded FAKE threshold
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -68,7 +70,7 @@ def share(text: str) -> float:
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     # The strengths' and twins' one lists (AugmentedBatches takes the same names).
     from stream_detector.training.augment import STRENGTHS, TWINS
-    from stream_detector.training.loop import BOUNDARY_STRIDES
+    from stream_detector.training.loop import BOUNDARY_STRIDES, CONSISTENCY_TARGETS
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,6 +118,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help=f"fractions of training between which the consistency term ramps linearly from off to its "
         f"weight (default {CONSISTENCY_RAMP[0]:g} {CONSISTENCY_RAMP[1]:g}: on from the first step; v3's "
         "0.5 0.75: plain batches for the first half)",
+    )
+    parser.add_argument(
+        "--consistency-target",
+        choices=CONSISTENCY_TARGETS,
+        default=CONSISTENCY_TARGET,
+        help="which side of each pair the consistency term moves: both (v1-v4: the view and its "
+        "degraded twin pulled together) or clean (the view's score held fixed, only the twin pulled "
+        "to it, so the clean view learns from its label alone)",
     )
     parser.add_argument(
         "--boundary-weight",
@@ -505,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             patches=arguments.low_mode == "patch",
             consistency_weight=arguments.consistency_weight,
             consistency_ramp=(ramp_start, ramp_end),
+            consistency_target=arguments.consistency_target,
             boundary_weight=arguments.boundary_weight,
         )
         keras.mixed_precision.set_global_policy(arguments.precision)
@@ -560,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
             **({"twin": arguments.twin} if arguments.twin != "standard" else {}),
             **({"blend_share": arguments.blend_share} if arguments.blend_share != 0.5 else {}),
             **({"match_blockiness": True} if arguments.match_blockiness else {}),
+            **(
+                {"consistency_target": arguments.consistency_target}
+                if arguments.consistency_target != "both"
+                else {}
+            ),
             **(
                 {"boundary_weight": arguments.boundary_weight, "boundary_layer": boundary_layer}
                 if boundary_layer

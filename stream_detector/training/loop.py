@@ -9,7 +9,7 @@ import math
 import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -349,12 +349,24 @@ def plain_loss():
     return keras.losses.BinaryCrossentropy(label_smoothing=LABEL_SMOOTHING)
 
 
-def paired_loss(consistency_weight, label_smoothing: float = LABEL_SMOOTHING):
+# How the consistency term moves the pair: "both" pulls the view and its degraded twin towards each
+# other (v1-v4); "clean" holds the view's logit fixed (no gradient) and pulls only the twin to it, so
+# the clean view's score is learned from its label alone and the twin must follow it.
+CONSISTENCY_TARGETS = ("both", "clean")
+
+
+def paired_loss(consistency_weight, label_smoothing: float = LABEL_SMOOTHING, target: str = "both"):
     """Binary cross-entropy on every input, plus consistency_weight times the mean squared difference
     between the logits of each view and its degraded twin (the second half of a paired batch).
-    ``consistency_weight``: a number, or a keras.Variable that training ramps up."""
+    ``consistency_weight``: a number, or a keras.Variable that training ramps up. ``target``: one of
+    CONSISTENCY_TARGETS."""
     import keras
     from keras import ops
+
+    if target not in CONSISTENCY_TARGETS:
+        raise ValueError(
+            f"consistency target must be one of {', '.join(CONSISTENCY_TARGETS)}, not {target!r}"
+        )
 
     def loss(y_true, y_pred):
         cross_entropy = ops.mean(
@@ -363,7 +375,10 @@ def paired_loss(consistency_weight, label_smoothing: float = LABEL_SMOOTHING):
         probability = ops.clip(ops.reshape(y_pred, (-1,)), 1e-6, 1.0 - 1e-6)
         logits = ops.log(probability) - ops.log1p(-probability)
         half = ops.shape(logits)[0] // 2
-        difference = logits[:half] - logits[half:]
+        views = logits[:half]
+        if target == "clean":
+            views = ops.stop_gradient(views)
+        difference = views - logits[half:]
         return cross_entropy + consistency_weight * ops.mean(ops.square(difference))
 
     return loss
@@ -442,6 +457,9 @@ class Schedule:
     # the term then removes the part of a learned score that compression moves. Whether it could run
     # from the first step in resize mode is untested (model card, "Experiments", runs C and D).
     consistency_ramp: tuple[float, float] = (0.5, 0.75)
+    # CONSISTENCY_TARGETS: which side of a pair the term moves. Out of the repr, which resume compares:
+    # checkpoints from before the field still resume (train.py's settings name it when not "both").
+    consistency_target: str = field(default="both", repr=False)
     # > 0 with boundary maps (AugmentedBatches(boundary_layer=...)): the weight of the boundary head's
     # loss (boundary_loss) beside the classification loss, from the first step.
     boundary_weight: float = 0.0
@@ -511,7 +529,7 @@ def train(
     if batches.boundary_maps != (schedule.boundary_weight > 0):
         raise ValueError("a boundary weight needs batches with boundary maps, and they need one")
     consistency = keras.Variable(0.0, trainable=False, dtype="float32", name="consistency_weight")
-    loss = paired_loss(consistency) if batches.paired else plain_loss()
+    loss = paired_loss(consistency, target=schedule.consistency_target) if batches.paired else plain_loss()
     # With the boundary head the steps train ``trainer``, which shares every weight of ``model``;
     # validation, the checkpoint's weights and the result stay ``model``'s.
     trainer = with_boundary_head(model, batches.boundary_layer) if batches.boundary_maps else model

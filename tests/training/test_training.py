@@ -60,6 +60,29 @@ def test_paired_loss_adds_the_weighted_squared_logit_gap_to_cross_entropy():
     assert float(paired_loss(0.5)(labels, apart)) == pytest.approx(expected, rel=1e-4)
 
 
+def test_paired_loss_with_a_clean_target_moves_only_the_degraded_twins():
+    import tensorflow as tf
+
+    labels = tf.constant([[0.0], [1.0], [0.0], [1.0]])
+    apart = tf.Variable([[0.2], [0.7], [0.5], [0.9]])
+
+    def gradient(loss):
+        with tf.GradientTape() as tape:
+            value = loss(labels, apart)
+        return value, tape.gradient(value, apart).numpy().reshape(-1)
+
+    both_value, both = gradient(paired_loss(0.5))
+    clean_value, clean = gradient(paired_loss(0.5, target="clean"))
+    _, cross_entropy_only = gradient(paired_loss(0.0))
+    # The same loss value; the views (first half) get cross-entropy's gradient alone, the twins more.
+    assert float(clean_value) == pytest.approx(float(both_value), rel=1e-6)
+    assert clean[:2] == pytest.approx(cross_entropy_only[:2], abs=1e-6)
+    assert both[:2] != pytest.approx(cross_entropy_only[:2], abs=1e-3)
+    assert clean[2:] == pytest.approx(both[2:], rel=1e-5)
+    with pytest.raises(ValueError, match="consistency target"):
+        paired_loss(0.5, target="twin")
+
+
 def test_training_refuses_a_consistency_weight_without_pairs_and_the_reverse():
     from stream_detector.pipeline.model import build_model
     from stream_detector.training.loop import train
