@@ -33,8 +33,8 @@ from stream_detector.settings import setting
 # was chosen on: "live_threshold" with the engine's mirror averaging (its default),
 # "live_threshold_without_mirror" with each crop scored alone. Neither is below the 1 %-false-alarm
 # score of the validation faces; tests/pipeline/test_smoothing.py checks both against the record.
-LIVE_THRESHOLD_MIRROR_AVERAGED = 0.846
-LIVE_THRESHOLD_WITHOUT_MIRROR = 0.897
+LIVE_THRESHOLD_MIRROR_AVERAGED = 0.861
+LIVE_THRESHOLD_WITHOUT_MIRROR = 0.886
 
 
 def live_threshold(mirror_average: bool) -> float:

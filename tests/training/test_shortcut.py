@@ -26,16 +26,18 @@ def test_astronaut_stays_real_at_every_jpeg_quality(classifier, astronaut_bgr):
     assert np.all(p_fake[1:] < 0.5), f"JPEG turned a real face fake: {np.round(p_fake, 3)}"
 
 
-# Mirror-averaged scoring (the engine's default since 2026-12-07) sits on the line here: through Keras
-# (this test) 11 of the 218 ffhq-tpdne test reals (5.0 %) flip at q70, and q90 and q50 stay under it;
-# through int8 (evaluate.py) 5.0 % at q70 and 6.0 % at q50 (plain scoring: 4.1 % at most;
-# model/MODEL_CARD.md, "Mirror averaging"). Strict, so a model that meets the line again fails here.
+# JPEG at q70 and q50 flips more than 5 % of the ffhq-tpdne test reals under v5 (the consistency weight
+# halved from v4's 2; model/MODEL_CARD.md, "Robustness"): through Keras, mirror-averaged (this test)
+# 5.5 % at q50 and over the line at q70; through int8 (evaluate.py) 6.4 % at both (14 of 218). v4 was
+# on the line at q70 only (5.0 %). Strict, so a model that meets the line again fails here.
 MISSED_JPEG_TARGET = pytest.mark.xfail(
-    strict=True, reason="mirror-averaged v4 flips 5.0 % of ffhq-tpdne test reals at q70: see the model card"
+    strict=True, reason="v5 flips over 5 % of ffhq-tpdne test reals at JPEG q70 and q50: see the model card"
 )
 
 
-@pytest.mark.parametrize("quality", [90, pytest.param(70, marks=MISSED_JPEG_TARGET), 50])
+@pytest.mark.parametrize(
+    "quality", [90, pytest.param(70, marks=MISSED_JPEG_TARGET), pytest.param(50, marks=MISSED_JPEG_TARGET)]
+)
 def test_real_test_faces_rarely_flip_to_fake_when_compressed(classifier, real_test_faces, quality):
     clean = classifier.classify(np.stack([resize_crop(c) for c in real_test_faces]))
     compressed = classifier.classify(np.stack([resize_crop(jpeg(c, quality)) for c in real_test_faces]))
@@ -116,12 +118,12 @@ def _down_up(factor):
     return change
 
 
-# Targets the shipped model misses (model/MODEL_CARD.md, "Robustness": v4's blur sigma 2 still turns
+# Targets the shipped model misses (model/MODEL_CARD.md, "Robustness": v5's blur sigma 2 still turns
 # many real ffhq-tpdne and DFDC test faces fake, sharpening many ffhq-tpdne fakes real; on DFDC
 # sharpening is under the line). Strict: a model that meets them turns these into failures, so the
 # marks and the card are updated with it.
 MISSED_SHARPNESS_TARGET = pytest.mark.xfail(
-    strict=True, reason="v4 still reads sharpness: see model/MODEL_CARD.md, Robustness"
+    strict=True, reason="v5 still reads sharpness: see model/MODEL_CARD.md, Robustness"
 )
 
 
