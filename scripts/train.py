@@ -125,7 +125,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--consistency-target",
         choices=CONSISTENCY_TARGETS,
         default=CONSISTENCY_TARGET,
-        help="which side of each pair the consistency term moves: both (v1-v4: the view and its "
+        help="which side of each pair the consistency term moves: both (v1-v5: the view and its "
         "degraded twin pulled together) or clean (the view's score held fixed, only the twin pulled "
         "to it, so the clean view learns from its label alone)",
     )

@@ -350,7 +350,7 @@ def plain_loss():
 
 
 # How the consistency term moves the pair: "both" pulls the view and its degraded twin towards each
-# other (v1-v4); "clean" holds the view's logit fixed (no gradient) and pulls only the twin to it, so
+# other (v1-v5); "clean" holds the view's logit fixed (no gradient) and pulls only the twin to it, so
 # the clean view's score is learned from its label alone and the twin must follow it.
 CONSISTENCY_TARGETS = ("both", "clean")
 
