@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import stream_detector  # noqa: E402,F401  (pylibsrtp before TensorFlow)
+from stream_detector.apps.arguments import add_mirror_average_argument  # noqa: E402
 from stream_detector.pipeline.engine import EngineSettings, build_engine  # noqa: E402
 from stream_detector.pipeline.meters import monotonic_ms  # noqa: E402
 from stream_detector.pipeline.overlay import draw  # noqa: E402
@@ -202,11 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-frames", type=int, default=60)
     parser.add_argument("--latency-seconds", type=float, default=6.0)
     parser.add_argument("--backend", default="auto")
-    parser.add_argument(
-        "--mirror-average",
-        action=argparse.BooleanOptionalAction,
-        default=EngineSettings().mirror_average,
-        help="the engine's mirror averaging for the headline figures (default: the engine's default); "
+    add_mirror_average_argument(
+        parser,
+        "the engine's mirror averaging for the headline figures (default: the engine's default); "
         "the other setting is measured beside it",
     )
     args = parser.parse_args(argv)

@@ -114,8 +114,10 @@ def daemon_config(
     process_hz: float,
     http_port: int,
     cluster: bool = False,
-    mirror_average: bool = True,
+    mirror_average: bool | None = None,
 ) -> Path:
+    """A daemon config for ``cameras`` cameras on one stream; ``mirror_average`` None leaves the key out,
+    so the daemon runs its own default (the soak)."""
     lines = [
         "[daemon]",
         'log_format = "json"',
@@ -123,7 +125,7 @@ def daemon_config(
         f"port = {http_port}",
         "[engine]",
         f"classify_hz = {process_hz}",
-        f"mirror_average = {'true' if mirror_average else 'false'}",
+        *([] if mirror_average is None else [f"mirror_average = {'true' if mirror_average else 'false'}"]),
         "[events]",
         f'directory = "{directory / "events"}"',
         "[reconnect]",
@@ -354,11 +356,14 @@ def run_one(
     warmup_s: float,
     seconds: float,
     interval_s: float,
-    cluster: bool = False,
-    mirror_average: bool = True,
+    *,
+    cluster: bool,
+    mirror_average: bool,
 ) -> tuple[Result, list[Sample]]:
     http_port = free_port()
-    config = daemon_config(workdir, url, cameras, process_hz, http_port, cluster, mirror_average)
+    config = daemon_config(
+        workdir, url, cameras, process_hz, http_port, cluster=cluster, mirror_average=mirror_average
+    )
     mode = "cluster" if cluster else "single-box"
     daemon = DaemonProcess(config, http_port, workdir / f"daemon-{cameras}-{mode}.log", tree=cluster)
     try:
@@ -453,6 +458,8 @@ def load_average() -> str:
 
 
 def main() -> int:
+    from stream_detector.pipeline.engine import EngineSettings
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", type=int, nargs="+", default=[4, 8, 12])
     parser.add_argument("--seconds", type=float, default=60.0, help="measured window per camera count")
@@ -471,9 +478,9 @@ def main() -> int:
     parser.add_argument(
         "--mirror-average",
         choices=("on", "off", "both"),
-        default="on",
-        help="the engine's mirror averaging (on: the daemon's default); both: each camera count with it on, "
-        "then off",
+        default="on" if EngineSettings().mirror_average else "off",
+        help="the engine's mirror averaging (default: the daemon's, which is the engine's); both: each camera "
+        "count with it on, then off",
     )
     parser.add_argument("--serve-batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--serve-callers", type=int, default=16)
@@ -507,8 +514,8 @@ def main() -> int:
                         args.warmup,
                         args.seconds,
                         args.interval,
-                        cluster,
-                        mirror_average,
+                        cluster=cluster,
+                        mirror_average=mirror_average,
                     )
                     results.append(result)
                     print("  " + json.dumps(asdict(result)), flush=True)

@@ -40,7 +40,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 import stream_detector  # noqa: E402,F401  (pylibsrtp first)
-from stream_detector.pipeline.engine import EngineSettings  # noqa: E402
+from stream_detector.apps.arguments import add_mirror_average_argument  # noqa: E402
 from stream_detector.webrtc.ice import restrict_host_addresses  # noqa: E402
 from stream_detector.webrtc.latency import marker_frame_assembly  # noqa: E402
 from tools.webrtc_client import StampedTrack, frame_stamp, read_frames, start_call  # noqa: E402
@@ -441,11 +441,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=4.0, help="seconds before measuring (default 4)")
     parser.add_argument("--backend", default="auto", help="classifier backend for the server (default auto)")
     parser.add_argument("--classify-hz", type=float, default=15.0, help="server's --classify-hz (default 15)")
-    parser.add_argument(
-        "--mirror-average",
-        action=argparse.BooleanOptionalAction,
-        default=EngineSettings().mirror_average,
-        help="server's mirror averaging (default: the engine's default, on)",
+    add_mirror_average_argument(
+        parser,
+        "server's mirror averaging (default: the engine's default, on)",
     )
     parser.add_argument(
         "--stock-receiver", action="store_true", help="aiortc's own receive buffer at the senders"

@@ -50,7 +50,7 @@ CONDITIONS = {
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    from stream_detector.pipeline.engine import EngineSettings
+    from stream_detector.apps.arguments import add_mirror_average_argument
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,11 +99,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="leave out the confound audit (it costs a pass over the crops)",
     )
-    parser.add_argument(
-        "--mirror-average",
-        action=argparse.BooleanOptionalAction,
-        default=EngineSettings().mirror_average,
-        help="score each crop and its mirror image and average the two logits, as the engine does by "
+    add_mirror_average_argument(
+        parser,
+        "score each crop and its mirror image and average the two logits, as the engine does by "
         "default (EngineSettings.mirror_average; model card, 'Mirror averaging'); default on",
     )
     parser.add_argument("--threshold", type=float, default=0.5)

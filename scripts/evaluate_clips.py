@@ -42,7 +42,7 @@ THRESHOLD_MARGIN = 0.02
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    from stream_detector.pipeline.engine import EngineSettings
+    from stream_detector.apps.arguments import add_mirror_average_argument
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,11 +53,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the report here (default: stdout)")
     parser.add_argument("--plot", type=Path, help="write a PNG of clip scores by class here")
     parser.add_argument("--backend", default="auto", help="classifier: auto (default), int8, fp32, keras")
-    parser.add_argument(
-        "--mirror-average",
-        action=argparse.BooleanOptionalAction,
-        default=EngineSettings().mirror_average,
-        help="the engine's mirror averaging (default: the engine's default, on)",
+    add_mirror_average_argument(
+        parser,
+        "the engine's mirror averaging (default: the engine's default, on)",
     )
     parser.add_argument("--model-dir", type=Path, help="folder with the model files (default: model/)")
     parser.add_argument(

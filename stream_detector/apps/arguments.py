@@ -7,17 +7,27 @@ import argparse
 from stream_detector.pipeline.engine import EngineSettings
 
 
+def add_mirror_average_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """--mirror-average / --no-mirror-average, defaulting to the engine's one declaration
+    (EngineSettings.mirror_average): the commands, evaluate.py, evaluate_clips.py and the benchmarks
+    each say in ``help_text`` what it does for them."""
+    parser.add_argument(
+        "--mirror-average",
+        action=argparse.BooleanOptionalAction,
+        default=EngineSettings().mirror_average,
+        help=help_text,
+    )
+
+
 def add_engine_arguments(parser: argparse.ArgumentParser, classify_hz: float) -> None:
     """--backend, --mirror-average, --detector-range (alias --range), --min-face-size, --classify-hz; read back by
     pipeline.engine.settings_from_arguments. ``classify_hz`` is the command's own default."""
     parser.add_argument(
         "--backend", default="auto", help="classifier: auto (default: the fastest present), int8, fp32, keras"
     )
-    parser.add_argument(
-        "--mirror-average",
-        action=argparse.BooleanOptionalAction,
-        default=EngineSettings().mirror_average,
-        help="score each face and its mirror image, averaging the two (default on: a little more "
+    add_mirror_average_argument(
+        parser,
+        "score each face and its mirror image, averaging the two (default on: a little more "
         "accurate for twice the classifier's work; --no-mirror-average on a slow machine)",
     )
     parser.add_argument(
