@@ -638,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
 
     arguments.out.mkdir(parents=True, exist_ok=True)
     shipped.save(arguments.out / KERAS_FILE)
-    minutes = (time.time() - started) / 60
+    # This sitting's wall time (data, training, calibration) plus the earlier sittings' training.
+    minutes = (time.time() - started) / 60 + result.get("minutes_before_resume", 0.0)
     record = {
         "recipe": "reference" if arguments.reference else "stream_detector",
         "seed": arguments.seed,

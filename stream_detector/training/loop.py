@@ -681,6 +681,9 @@ def train(
         "best_epoch": best[1],
         "best_validation_mean_auc": best[0],
         "minutes": minutes_before + (time.time() - started) / 60,
+        # Training minutes of the earlier sittings of a resumed run: the caller's own clock
+        # started with this sitting, and the 120-minute budget counts the whole run.
+        "minutes_before_resume": minutes_before,
     }
 
 

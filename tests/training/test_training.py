@@ -217,6 +217,9 @@ def test_training_resumes_after_its_last_epoch_and_refuses_other_settings(tmp_pa
     # Epochs 1-2 come from the checkpoint; only epoch 3 ran.
     assert [entry["epoch"] for entry in resumed["history"]] == [1, 2, 3]
     assert resumed["history"][:2] == first["history"]
+    # The budget counts the whole run: the minutes before the resume are carried, not restarted.
+    assert resumed["minutes_before_resume"] == pytest.approx(first["history"][-1]["minutes"])
+    assert resumed["minutes"] >= resumed["minutes_before_resume"] > 0
     with pytest.raises(StreamDetectorError, match="made with seed=0, this run has seed=1"):
         run(3, resume=True, run_settings={"seed": 1})
     checkpoint.write_bytes(b"not a checkpoint")
