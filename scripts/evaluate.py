@@ -301,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     all_scores = np.concatenate(pooled["clean"][1])
     report["all"] = binary_metrics(all_labels, all_scores, threshold=arguments.threshold)
     report["all"]["reliability"] = reliability_bins(all_labels, all_scores)
+    # The face half of the live threshold rule (evaluate_clips.py --choose-threshold), measured with
+    # this run's scoring: mirror averaging and int8 spread the scores differently from the Keras
+    # plain scores train.py records (model card, "a cosine twice as long again").
+    report["all"]["real_score_at_1pct_false_alarms"] = float(np.quantile(all_scores[all_labels == 0], 0.99))
     for name in conditions:
         if name != "clean":
             report["all"].setdefault("robustness", {})[name] = binary_metrics(

@@ -209,6 +209,16 @@ def test_train_then_evaluate_a_tiny_set_end_to_end(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["split"] == "test" and report[str(data)]["images"] == len(test_files)
     assert 0.0 <= report["all"]["roc_auc"] <= 1.0
+    # At its own 1 %-false-alarm score, at most one of these few real faces is called fake.
+    face_threshold = report["all"]["real_score_at_1pct_false_alarms"]
+    at_threshold = [*evaluate_arguments, "--threshold", str(face_threshold)]
+    assert load_script("evaluate").main(at_threshold) == 0
+    reals = (
+        report["all"]["confusion_matrix"]["true_negative"]
+        + report["all"]["confusion_matrix"]["false_positive"]
+    )
+    false_alarms = json.loads(report_path.read_text())["all"]["confusion_matrix"]["false_positive"]
+    assert false_alarms <= max(1, reals // 100)
 
 
 @pytest.mark.parametrize(
