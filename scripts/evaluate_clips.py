@@ -13,7 +13,8 @@ The real clips are split by identity (a hash of the name's identity part): about
 threshold-validation clips. --choose-threshold scores only those and records in the training record
 (model/training.json: "live_threshold" with the engine's mirror averaging, the default;
 "live_threshold_without_mirror" with --no-mirror-average) the FAKE threshold that keeps every one of their tracks below
-it, and never below the 1 %-false-alarm score of the validation faces. The report leaves the
+it, and never below the 1 %-false-alarm score of the record's validation faces (--faces), scored
+as the engine scores them (int8, mirror-averaged or not). The report leaves the
 validation clips out of every figure (they are listed apart), so nothing reported chose anything.
 """
 
@@ -35,6 +36,7 @@ from stream_detector.errors import StreamDetectorError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VIDEOS = REPO.parent / "shared" / "data" / "videos"
+DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces"
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 VALIDATION_SHARE = 1 / 3
 # Above the highest smoothed score of a validation real track: the live threshold's margin.
@@ -77,6 +79,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="score the validation real clips only and record the live FAKE threshold in --record",
     )
     parser.add_argument("--record", type=Path, default=REPO / "model" / "training.json")
+    parser.add_argument(
+        "--faces",
+        type=Path,
+        default=DEFAULT_FACES,
+        help="with --choose-threshold: the folder holding the record's validation face sources, "
+        "scored as the engine scores them (default: ../shared/data/faces)",
+    )
+    parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="face-crop cache for --faces")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -225,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     short_engine = build_engine(short_settings) if arguments.detector_range == "auto" else None
     entries, started = [], time.monotonic()
     try:
+        if arguments.choose_threshold:
+            # Before the clips: a missing faces folder stops in seconds, not after every clip.
+            face_threshold = validation_face_threshold(
+                arguments.record, arguments.faces, engine.classifier, arguments.cache
+            )
         for path, label in clips:
             report = scan_video(
                 path, settings, max_seconds=arguments.max_seconds, progress=False, engine=engine
@@ -255,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             short_engine.close()
     if arguments.choose_threshold:
         key = "live_threshold" if arguments.mirror_average else "live_threshold_without_mirror"
-        return record_threshold(arguments.record, entries, engine.backend, key)
+        return record_threshold(arguments.record, entries, engine.backend, key, face_threshold)
     reported = [entry for entry in entries if not entry["validation"]]
     result = {
         "model": engine.backend,
@@ -284,13 +299,60 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def validation_face_threshold(record_path: Path, faces_root: Path, classifier, cache_dir: Path) -> float:
+    """The score 99 % of the record's real validation faces stay under, scored by ``classifier``:
+    the engine's own scoring. train.py's calibration figure comes from Keras plain scores, which
+    spread wider than int8 mirror-averaged ones (v5: 0.861 recorded, 0.832 as the engine scores;
+    model card, "a cosine twice as long again")."""
+    import numpy as np
+
+    from stream_detector.pipeline.crops import CROP_SIZE
+    from stream_detector.training.dataset import find_class_folders, in_file_list, load_face_set, resize_crop
+
+    splits = json.loads(record_path.read_text()).get("splits", {}).get("validation")
+    if not splits:
+        raise StreamDetectorError(f"--choose-threshold: {record_path} lists no validation split")
+    scores = []
+    # The self-blends are made in training and have no folder: only the real sources are scored.
+    for source, files in sorted(splits.items()):
+        if source == "sbi":
+            continue
+        folder = faces_root / source
+        if not folder.is_dir():
+            raise StreamDetectorError(
+                f"--choose-threshold: validation faces of {source!r} not found at {folder} (see --faces)"
+            )
+        keep = set(files)
+        for class_folder in find_class_folders(folder):
+            faces = load_face_set(class_folder, no_face="whole", cache_dir=cache_dir, progress=False)
+            reals = [
+                crop
+                for crop, label, file in zip(faces.crops, faces.labels, faces.files, strict=True)
+                if label == 0 and in_file_list(file, keep)
+            ]
+            for start in range(0, len(reals), 32):
+                batch = np.stack([resize_crop(crop, CROP_SIZE) for crop in reals[start : start + 32]])
+                scores.append(np.asarray(classifier.classify(batch), np.float32).reshape(-1))
+    if not scores:
+        raise StreamDetectorError(f"--choose-threshold: no real validation faces found under {faces_root}")
+    return float(np.quantile(np.concatenate(scores), 0.99))
+
+
 def record_threshold(
-    record_path: Path, entries: list[dict], classifier: str, key: str = "live_threshold"
+    record_path: Path,
+    entries: list[dict],
+    classifier: str,
+    key: str = "live_threshold",
+    face_threshold: float | None = None,
 ) -> int:
     """Choose the live FAKE threshold from the validation clips' tracks and write it to the training
-    record under ``key`` (one per scoring: pipeline/smoothing.py's LIVE_THRESHOLD_* constants)."""
+    record under ``key`` (one per scoring: pipeline/smoothing.py's LIVE_THRESHOLD_* constants).
+    ``face_threshold``: the real validation faces' 1 %-false-alarm score with this scoring
+    (validation_face_threshold); without it, train.py's Keras plain figure."""
     record = json.loads(record_path.read_text())
-    face_threshold = float(record["calibration"]["fake_threshold_at_1pct_false_alarms"])
+    scored_by_engine = face_threshold is not None
+    if face_threshold is None:
+        face_threshold = float(record["calibration"]["fake_threshold_at_1pct_false_alarms"])
     highest = max((entry["max_p_smoothed"] or 0.0) for entry in entries)
     # Rounded up, never to the nearest: a threshold rounded down would sit under the score it must not
     # be below (v2's faces gave 0.80124, which rounds to 0.801).
@@ -300,6 +362,8 @@ def record_threshold(
         "rule": "max(1 %-false-alarm score of validation faces, highest smoothed p(fake) of any "
         f"validation real-clip track + {THRESHOLD_MARGIN}): no false alarm on the validation footage",
         "face_threshold": face_threshold,
+        # Where face_threshold came from: the engine's scoring, or train.py's Keras plain scores.
+        "face_threshold_scoring": classifier if scored_by_engine else "keras (train.py calibration)",
         "highest_validation_real_track": highest,
         # The scoring the tracks were measured with ("litert-int8+mirror": the engine's mirror averaging).
         "classifier": classifier,

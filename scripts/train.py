@@ -623,8 +623,9 @@ def main(argv: list[str] | None = None) -> int:
         slope, intercept = fit_platt_scaling(raw, validation_labels)
         fold_platt_scaling(shipped, slope, intercept)
         calibrated = apply_platt_scaling(raw, slope, intercept)
-        # The live engine's FAKE threshold (SmootherSettings.fake_enter) must be at least this: the
-        # score that 99 % of real validation faces stay under, i.e. at most 1 % false alarms per face.
+        # The score that 99 % of real validation faces stay under (Keras, plain scores), kept for the
+        # record: the live FAKE threshold's face half is measured again with the engine's own scoring
+        # by evaluate_clips.py --choose-threshold (int8 mirror-averaged scores spread less).
         fake_threshold = float(np.quantile(calibrated[validation_labels == 0], 1.0 - FALSE_ALARM_RATE))
         calibration = {
             "method": "platt",

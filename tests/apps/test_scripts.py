@@ -276,13 +276,41 @@ def test_evaluate_clips_reports_verdicts_false_alarms_per_hour_and_records_a_liv
     write_video(tmp_path / "clips" / "real" / validation, frames, fps=15)
     write_video(tmp_path / "clips" / "real" / reported, frames, fps=15)
     write_video(tmp_path / "clips" / "fake" / "swap.avi", frames, fps=15)
+    # Validation faces: the record lists ten of the twenty reals (and the fakes, which are not used).
+    faces = make_set(tmp_path / "faces" / "toy", real=20, fake=4, size=96)
+    listed = [f"toy/real/{index}.png" for index in range(10)] + [
+        f"toy/fake/{index}.png" for index in range(4)
+    ]
     record = tmp_path / "training.json"
-    record.write_text(json.dumps({"calibration": {"fake_threshold_at_1pct_false_alarms": 0.6}}))
-    videos = ["--videos", str(tmp_path / "clips"), "--no-progress"]
-    assert evaluate_clips.main([*videos, "--choose-threshold", "--record", str(record)]) == 0
+    calibration = {"fake_threshold_at_1pct_false_alarms": 0.6}
+    record.write_text(json.dumps({"calibration": calibration, "splits": {"validation": {"toy": listed}}}))
+    videos = ["--videos", str(tmp_path / "clips"), "--no-progress", "--cache", str(tmp_path / "cache")]
+    choose = [*videos, "--choose-threshold", "--record", str(record), "--faces", str(tmp_path / "faces")]
+    with pytest.raises(StreamDetectorError, match="validation faces of 'toy' not found at .*nowhere"):
+        evaluate_clips.main([*choose, "--faces", str(tmp_path / "nowhere")])
+    assert evaluate_clips.main(choose) == 0
     live = json.loads(record.read_text())["live_threshold"]
     assert live["validation_clips"] == [validation]
-    assert live["fake_enter"] >= 0.6 and live["fake_enter"] > live["highest_validation_real_track"]
+    assert (
+        live["fake_enter"] >= live["face_threshold"]
+        and live["fake_enter"] > live["highest_validation_real_track"]
+    )
+    # The face half is the listed reals scored as the engine scores them, not train.py's Keras figure:
+    # evaluate.py on the same faces with the same scoring finds the same 1 %-false-alarm score.
+    assert live["face_threshold_scoring"] == live["classifier"] != "keras (train.py calibration)"
+    report_path = tmp_path / "faces.json"
+    model_file = REPO / "model" / "detector_int8.tflite"
+    assert "int8" in live["classifier"] and live["classifier"].endswith("+mirror")
+    arguments = ["--data", str(faces), "--model", str(model_file), "--split", "validation"]
+    arguments += ["--training-record", str(record), "--no-face", "whole", "--json", str(report_path)]
+    assert (
+        load_script("evaluate").main([*arguments, "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    )
+    faces_report = json.loads(report_path.read_text())
+    assert faces_report[str(faces)]["images"] == 14
+    assert live["face_threshold"] == pytest.approx(
+        faces_report["all"]["real_score_at_1pct_false_alarms"], abs=1e-4
+    )
     report_path, plot = tmp_path / "clips.json", tmp_path / "clips.png"
     assert evaluate_clips.main([*videos, "--json", str(report_path), "--plot", str(plot)]) == 0
     report = json.loads(report_path.read_text())
