@@ -135,12 +135,9 @@ class Predictor:
             self._classifier = MirrorAveragedClassifier(self._classifier)
 
     def __call__(self, images):
-        import numpy as np
+        from stream_detector.pipeline.classifier import classify_in_batches
 
-        outputs = []
-        for start in range(0, len(images), 32):
-            outputs.append(self._classifier.classify(images[start : start + 32]))
-        return np.concatenate(outputs) if outputs else np.zeros((0,), "float32")
+        return classify_in_batches(self._classifier, images)
 
 
 def degrade(crop, condition, size: int):
@@ -171,29 +168,20 @@ def degrade(crop, condition, size: int):
 
 def load_folder(path: Path, arguments, keep: set[str] | None):
     """All faces under path (every real/fake folder inside it), optionally restricted to some files."""
-    from stream_detector.training.dataset import (
-        FAKE_CLASS_JPEG_QUALITY,
-        find_class_folders,
-        in_file_list,
-        load_face_set,
-    )
+    from stream_detector.training.dataset import FAKE_CLASS_JPEG_QUALITY, load_listed_faces
     from stream_detector.training.reference import whole_image
 
-    sets = []
-    for folder in find_class_folders(path):
-        faces = load_face_set(
-            folder,
-            no_face=arguments.no_face,
-            cache_dir=arguments.cache,
-            progress=not arguments.no_progress,
-            equalise_quality=FAKE_CLASS_JPEG_QUALITY if arguments.equalise_compression else None,
-            unreadable=arguments.unreadable,
-        )
-        if keep is not None:
-            faces = faces.subset([i for i, file in enumerate(faces.files) if in_file_list(file, keep)])
-        if arguments.preprocess == "whole":
-            faces = replace(faces, crops=[whole_image(file, 224) for file in faces.files])
-        sets.append(faces)
+    sets = load_listed_faces(
+        path,
+        keep,
+        no_face=arguments.no_face,
+        cache_dir=arguments.cache,
+        progress=not arguments.no_progress,
+        equalise_quality=FAKE_CLASS_JPEG_QUALITY if arguments.equalise_compression else None,
+        unreadable=arguments.unreadable,
+    )
+    if arguments.preprocess == "whole":
+        sets = [replace(faces, crops=[whole_image(file, 224) for file in faces.files]) for faces in sets]
     return sets
 
 
@@ -202,7 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="evaluate: %(message)s")
     import numpy as np
 
-    from stream_detector.training.metrics import binary_metrics, reliability_bins, roc_curve, scene_paired
+    from stream_detector.training.metrics import (
+        binary_metrics,
+        real_score_at_false_alarm_rate,
+        reliability_bins,
+        roc_curve,
+        scene_paired,
+    )
 
     data = arguments.data or [str(DEFAULT_DATA)]
     split_files: dict[str, set[str]] | None = None
@@ -304,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     # The face half of the live threshold rule (evaluate_clips.py --choose-threshold), measured with
     # this run's scoring: mirror averaging and int8 spread the scores differently from the Keras
     # plain scores train.py records (model card, "a cosine twice as long again").
-    report["all"]["real_score_at_1pct_false_alarms"] = float(np.quantile(all_scores[all_labels == 0], 0.99))
+    report["all"]["real_score_at_1pct_false_alarms"] = real_score_at_false_alarm_rate(
+        all_scores[all_labels == 0]
+    )
     for name in conditions:
         if name != "clean":
             report["all"].setdefault("robustness", {})[name] = binary_metrics(

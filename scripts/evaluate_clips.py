@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             short_engine.close()
     if arguments.choose_threshold:
         key = "live_threshold" if arguments.mirror_average else "live_threshold_without_mirror"
-        return record_threshold(arguments.record, entries, engine.backend, key, face_threshold)
+        return record_threshold(arguments.record, entries, engine.backend, face_threshold, key)
     reported = [entry for entry in entries if not entry["validation"]]
     result = {
         "model": engine.backend,
@@ -306,8 +306,10 @@ def validation_face_threshold(record_path: Path, faces_root: Path, classifier, c
     model card, "a cosine twice as long again")."""
     import numpy as np
 
+    from stream_detector.pipeline.classifier import classify_in_batches
     from stream_detector.pipeline.crops import CROP_SIZE
-    from stream_detector.training.dataset import find_class_folders, in_file_list, load_face_set, resize_crop
+    from stream_detector.training.dataset import load_listed_faces, resize_crop
+    from stream_detector.training.metrics import real_score_at_false_alarm_rate
 
     splits = json.loads(record_path.read_text()).get("splits", {}).get("validation")
     if not splits:
@@ -322,37 +324,33 @@ def validation_face_threshold(record_path: Path, faces_root: Path, classifier, c
             raise StreamDetectorError(
                 f"--choose-threshold: validation faces of {source!r} not found at {folder} (see --faces)"
             )
-        keep = set(files)
-        for class_folder in find_class_folders(folder):
-            faces = load_face_set(class_folder, no_face="whole", cache_dir=cache_dir, progress=False)
+        for faces in load_listed_faces(
+            folder, set(files), no_face="whole", cache_dir=cache_dir, progress=False
+        ):
             reals = [
-                crop
-                for crop, label, file in zip(faces.crops, faces.labels, faces.files, strict=True)
-                if label == 0 and in_file_list(file, keep)
+                resize_crop(crop, CROP_SIZE)
+                for crop, label in zip(faces.crops, faces.labels, strict=True)
+                if label == 0
             ]
-            for start in range(0, len(reals), 32):
-                batch = np.stack([resize_crop(crop, CROP_SIZE) for crop in reals[start : start + 32]])
-                scores.append(np.asarray(classifier.classify(batch), np.float32).reshape(-1))
-    if not scores:
+            scores.append(classify_in_batches(classifier, reals))
+    real_scores = np.concatenate(scores) if scores else np.zeros((0,), np.float32)
+    if real_scores.size == 0:
         raise StreamDetectorError(f"--choose-threshold: no real validation faces found under {faces_root}")
-    return float(np.quantile(np.concatenate(scores), 0.99))
+    return real_score_at_false_alarm_rate(real_scores)
 
 
 def record_threshold(
     record_path: Path,
     entries: list[dict],
     classifier: str,
+    face_threshold: float,
     key: str = "live_threshold",
-    face_threshold: float | None = None,
 ) -> int:
     """Choose the live FAKE threshold from the validation clips' tracks and write it to the training
     record under ``key`` (one per scoring: pipeline/smoothing.py's LIVE_THRESHOLD_* constants).
     ``face_threshold``: the real validation faces' 1 %-false-alarm score with this scoring
-    (validation_face_threshold); without it, train.py's Keras plain figure."""
+    (validation_face_threshold)."""
     record = json.loads(record_path.read_text())
-    scored_by_engine = face_threshold is not None
-    if face_threshold is None:
-        face_threshold = float(record["calibration"]["fake_threshold_at_1pct_false_alarms"])
     highest = max((entry["max_p_smoothed"] or 0.0) for entry in entries)
     # Rounded up, never to the nearest: a threshold rounded down would sit under the score it must not
     # be below (v2's faces gave 0.80124, which rounds to 0.801).
@@ -362,8 +360,9 @@ def record_threshold(
         "rule": "max(1 %-false-alarm score of validation faces, highest smoothed p(fake) of any "
         f"validation real-clip track + {THRESHOLD_MARGIN}): no false alarm on the validation footage",
         "face_threshold": face_threshold,
-        # Where face_threshold came from: the engine's scoring, or train.py's Keras plain scores.
-        "face_threshold_scoring": classifier if scored_by_engine else "keras (train.py calibration)",
+        # What scored the faces: the engine's classifier (records before 2026-12-07 took train.py's
+        # Keras plain figure, which has no such entry).
+        "face_threshold_scoring": classifier,
         "highest_validation_real_track": highest,
         # The scoring the tracks were measured with ("litert-int8+mirror": the engine's mirror averaging).
         "classifier": classifier,

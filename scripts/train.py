@@ -54,7 +54,6 @@ CONSISTENCY_WEIGHT = 1.0
 CONSISTENCY_RAMP = (0.0, 0.0)
 # v1-v5 pull both sides of a pair together (loop.CONSISTENCY_TARGETS; "clean" diverged, model card).
 CONSISTENCY_TARGET = "both"
-FALSE_ALARM_RATE = 0.01  # per real face, at the recorded FAKE threshold
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
@@ -371,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from stream_detector.training.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set, relative_name
     from stream_detector.training.loop import AugmentedBatches, Schedule, plain_batch, split_sources, train
+    from stream_detector.training.metrics import real_score_at_false_alarm_rate
 
     keras.utils.set_random_seed(arguments.seed)
     folders = source_folders(arguments.data)
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         # The score that 99 % of real validation faces stay under (Keras, plain scores), kept for the
         # record: the live FAKE threshold's face half is measured again with the engine's own scoring
         # by evaluate_clips.py --choose-threshold (int8 mirror-averaged scores spread less).
-        fake_threshold = float(np.quantile(calibrated[validation_labels == 0], 1.0 - FALSE_ALARM_RATE))
+        fake_threshold = real_score_at_false_alarm_rate(calibrated[validation_labels == 0])
         calibration = {
             "method": "platt",
             "slope": slope,

@@ -108,6 +108,15 @@ def mirror_averaged(classify, crops: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-average))).astype(np.float32)
 
 
+def classify_in_batches(classifier, crops, batch_size: int = 32) -> np.ndarray:
+    """p(fake) of many crops (a sequence of model-size crops), ``batch_size`` per classifier call."""
+    outputs = [
+        np.asarray(classifier.classify(np.stack(crops[start : start + batch_size])), np.float32).reshape(-1)
+        for start in range(0, len(crops), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
 class MirrorAveragedClassifier:
     """Another classifier, each crop scored with its mirror image in the same call (``mirror_averaged``).
 

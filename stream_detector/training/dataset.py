@@ -332,6 +332,18 @@ def in_file_list(file: str | Path, names: set[str]) -> bool:
     return any("/".join(parts[-count:]) in names for count in range(1, min(6, len(parts)) + 1))
 
 
+def load_listed_faces(root: str | Path, keep: set[str] | None, **options) -> list[FaceSet]:
+    """The faces of every real/fake folder under ``root`` (load_face_set with ``options``), restricted
+    to the names of a split list (relative_name) unless ``keep`` is None."""
+    sets = []
+    for folder in find_class_folders(Path(root)):
+        faces = load_face_set(folder, **options)
+        if keep is not None:
+            faces = faces.subset([i for i, file in enumerate(faces.files) if in_file_list(file, keep)])
+        sets.append(faces)
+    return sets
+
+
 def resize_crop(crop_rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """A native crop to the model's input size, with the interpolation the live engine uses."""
     if crop_rgb.shape[:2] == (size, size):

@@ -18,6 +18,17 @@ from numpy.typing import ArrayLike
 # The operating point reported as "TPR at 1% FPR": a detector that flags one real video in a hundred
 # is about the most a human reviewer will tolerate, so recall there is the number that matters.
 FALSE_POSITIVE_RATE_LIMIT_PERCENT = 1
+# Per real face, at the live FAKE threshold's face half (train.py's record, evaluate.py's report,
+# evaluate_clips.py --choose-threshold all measure it with real_score_at_false_alarm_rate).
+FALSE_ALARM_RATE = 0.01
+
+
+def real_score_at_false_alarm_rate(real_scores: ArrayLike, rate: float = FALSE_ALARM_RATE) -> float:
+    """The score that a share ``1 - rate`` of the real faces' scores stay under."""
+    scores = np.asarray(real_scores).reshape(-1)
+    if scores.size == 0:
+        raise ValueError("no real scores to take a false-alarm threshold from")
+    return float(np.quantile(scores, 1.0 - rate))
 
 
 def _is_real_number_dtype(dtype: np.dtype) -> bool:

@@ -337,14 +337,15 @@ def test_the_recorded_live_threshold_is_rounded_up_never_below_the_face_threshol
     import json
 
     record = tmp_path / "training.json"
-    record.write_text(json.dumps({"calibration": {"fake_threshold_at_1pct_false_alarms": face_threshold}}))
+    record.write_text(json.dumps({"calibration": {}}))
     entry = {"clip": "a.mp4", "max_p_smoothed": highest_track, "duration_s": 1.0}
-    assert load_script("evaluate_clips").record_threshold(record, [entry], "litert-int8+mirror") == 0
+    script = load_script("evaluate_clips")
+    assert script.record_threshold(record, [entry], "litert-int8+mirror", face_threshold) == 0
     live = json.loads(record.read_text())["live_threshold"]
     assert live["classifier"] == "litert-int8+mirror"
     # The plain scoring's threshold goes under its own key and leaves the other in place.
-    script = load_script("evaluate_clips")
-    assert script.record_threshold(record, [entry], "litert-int8", "live_threshold_without_mirror") == 0
+    key = "live_threshold_without_mirror"
+    assert script.record_threshold(record, [entry], "litert-int8", face_threshold, key) == 0
     written = json.loads(record.read_text())
     assert (
         written["live_threshold"] == live

@@ -4,7 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from stream_detector.training.metrics import binary_metrics, reliability_bins, roc_auc, roc_curve
+from stream_detector.training.metrics import (
+    binary_metrics,
+    real_score_at_false_alarm_rate,
+    reliability_bins,
+    roc_auc,
+    roc_curve,
+)
 
 
 def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -317,3 +323,13 @@ def test_scene_paired_compares_each_fake_with_the_real_of_its_own_group():
     assert scene_paired([0, 1], [0.1, 0.9], ["x", "y"]) is None
     with pytest.raises(ValueError, match="groups"):
         scene_paired([0, 1], [0.1, 0.9], ["x"])
+
+
+def test_the_false_alarm_threshold_leaves_one_real_in_a_hundred_at_or_above_it():
+    real_scores = np.linspace(0.0, 0.99, 100)
+    threshold = real_score_at_false_alarm_rate(real_scores)
+    assert threshold == pytest.approx(np.quantile(real_scores, 0.99))
+    assert int(np.count_nonzero(real_scores >= threshold)) == 1
+    assert real_score_at_false_alarm_rate(real_scores, rate=0.5) == pytest.approx(0.495)
+    with pytest.raises(ValueError, match="no real scores"):
+        real_score_at_false_alarm_rate([])
