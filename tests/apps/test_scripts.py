@@ -408,3 +408,29 @@ def test_export_refuses_calibration_data_it_cannot_vouch_for(tmp_path):
     other.mkdir()
     with pytest.raises(StreamDetectorError, match="lists no training files of 'ffhq-tpdne'"):
         export.main(["--model", str(model), "--calibration-data", str(other)])
+
+
+def test_evaluate_clips_gives_the_clip_auc_against_each_source_of_real_clips():
+    evaluate_clips = load_script("evaluate_clips")
+
+    def entry(name: str, label: str, score: float) -> dict:
+        return {"clip": name, "label": label, "verdict": "UNCERTAIN", "duration_s": 5.0}, score
+
+    clips = [
+        entry("swap_a.mp4", "fake", 0.6),
+        entry("swap_b.mp4", "fake", 0.7),
+        entry("mead_W011_front_angry_level3_001.mp4", "real", 0.1),
+        entry("mead_M030_front_sad_level3_001.mp4", "real", 0.2),
+        entry("liveportrait_d3.mp4", "real", 0.65),
+        entry("liveportrait_d9.mp4", "real", 0.9),
+        entry("interview.mp4", "real", 0.5),
+    ]
+    entries = [{**fields, "clip_score": score, "fake_tracks": 0} for fields, score in clips]
+    summary = evaluate_clips.summarise(entries)
+    # Pooled, the studio clips scored low carry the AUC; against the talking heads alone it is 1 in 4.
+    assert summary["clip_roc_auc"] == pytest.approx(7 / 10)
+    assert summary["clip_roc_auc_by_real_source"] == {
+        "liveportrait": {"real_clips": 2, "clip_roc_auc": pytest.approx(0.25)},
+        "mead": {"real_clips": 2, "clip_roc_auc": pytest.approx(1.0)},
+        "other": {"real_clips": 1, "clip_roc_auc": pytest.approx(1.0)},
+    }
