@@ -201,7 +201,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=KEEP_IN_TRAIN,
         help="a training record whose train and validation files stay in train, so no face the start "
-        "model saw reaches validation or test (default: v0.3's, which v2's splits follow)",
+        "model saw reaches validation or test (default: v0.3's, which v2's splits follow); a start "
+        "model whose own record (training.json beside it) lists faces of the new test split is refused",
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
@@ -369,7 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         fold_platt_scaling,
     )
     from stream_detector.training.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set, relative_name
-    from stream_detector.training.loop import AugmentedBatches, Schedule, plain_batch, split_sources, train
+    from stream_detector.training.loop import (
+        AugmentedBatches,
+        Schedule,
+        plain_batch,
+        seen_faces_in_test,
+        split_sources,
+        train,
+    )
     from stream_detector.training.metrics import real_score_at_false_alarm_rate
 
     keras.utils.set_random_seed(arguments.seed)
@@ -426,6 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     for part in ("train", "validation", "test"):
         counts = {name: len(faces) for name, faces in getattr(splits, part).items()}
         print(f"split {part}: {counts}")
+    start_record = Path(arguments.init_from).with_name("training.json") if arguments.init_from else None
+    if start_record and start_record.is_file() and not arguments.reference:
+        # --keep-in-train defaults to v0.3's record: a start model trained on other splits (a --no-init
+        # run's) would otherwise have seen faces the test split reports on.
+        start_splits = json.loads(start_record.read_text()).get("splits")
+        seen = seen_faces_in_test(splits, start_splits) if start_splits else 0
+        if seen:
+            raise StreamDetectorError(
+                f"--init-from {arguments.init_from}: {seen} test faces of these splits were trained or "
+                f"chosen on by that model ({start_record}); pass --keep-in-train {start_record}"
+            )
     unknown = set(arguments.without_fakes_of) - set(sources)
     if unknown:
         raise StreamDetectorError(

@@ -68,6 +68,18 @@ def split_sources(sources: dict[str, FaceSet], seed: int, keep_in_train: set[str
     return Splits(train, validation, test)
 
 
+def seen_faces_in_test(splits: Splits, earlier_splits: dict) -> int:
+    """How many faces an earlier record's model trained or chose on (its train and validation lists)
+    the new splits put in test. A start model must have seen none of them; sharing its validation
+    faces is how a continued line (v2 to v5) keeps choosing on the same faces."""
+    from stream_detector.training.dataset import in_file_list
+
+    seen = {
+        file for part in ("train", "validation") for files in earlier_splits[part].values() for file in files
+    }
+    return sum(in_file_list(file, seen) for faces in splits.test.values() for file in faces.files)
+
+
 def plain_batch(faces: FaceSet, size: int) -> np.ndarray:
     """Unaugmented model inputs: each crop resized exactly as the live engine resizes it."""
     return np.stack([resize_crop(crop, size) for crop in faces.crops]).astype(np.float32)

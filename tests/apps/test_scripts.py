@@ -434,3 +434,29 @@ def test_evaluate_clips_gives_the_clip_auc_against_each_source_of_real_clips():
         "mead": {"real_clips": 2, "clip_roc_auc": pytest.approx(1.0)},
         "other": {"real_clips": 1, "clip_roc_auc": pytest.approx(1.0)},
     }
+
+
+def test_train_refuses_a_start_model_that_saw_faces_of_its_test_split(tmp_path):
+    import json
+
+    make_set(tmp_path / "data" / "toy", real=20, fake=20, size=64)
+    files = [f"toy/{label}/{index}.png" for label in ("real", "fake") for index in range(20)]
+    # The start model's record (beside it, as train.py writes one) trained on every toy face; the
+    # --keep-in-train record (another model's) knows none of them, so the new test split holds some.
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "detector.keras").write_bytes(b"")
+    empty = {"train": {}, "validation": {}, "test": {}}
+    (tmp_path / "start" / "training.json").write_text(
+        json.dumps({"splits": {**empty, "train": {"toy": files}}})
+    )
+    (tmp_path / "other.json").write_text(json.dumps({"splits": empty}))
+    arguments = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"]
+    arguments += [
+        "--cache",
+        str(tmp_path / "cache"),
+        "--init-from",
+        str(tmp_path / "start" / "detector.keras"),
+    ]
+    start_record = tmp_path / "start" / "training.json"
+    with pytest.raises(StreamDetectorError, match=f"test faces .* pass --keep-in-train {start_record}"):
+        load_script("train").main([*arguments, "--keep-in-train", str(tmp_path / "other.json")])

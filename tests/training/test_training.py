@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from stream_detector.training.dataset import FaceSet
-from stream_detector.training.loop import AugmentedBatches, Schedule, paired_loss
+from stream_detector.training.loop import (
+    AugmentedBatches,
+    Schedule,
+    paired_loss,
+    seen_faces_in_test,
+    split_sources,
+)
 
 
 def face_set(count: int, seed: int = 0) -> FaceSet:
@@ -370,3 +376,28 @@ def test_training_with_the_boundary_head_resumes_and_ships_the_reference_network
             build_model(input_size=None), AugmentedBatches([faces], batch_size=8, seed=0), {"toy": faces},
             Schedule(0, 64, 1, high_size=224, boundary_weight=1.0), log=lambda _: None, progress=False,
         )  # fmt: skip
+
+
+def test_a_start_model_that_saw_faces_of_the_new_test_split_is_found():
+    crops = [np.zeros((8, 8, 3), np.uint8)] * 200
+    files = [f"/data/toy/{'fake' if i % 2 else 'real'}/{i}.png" for i in range(200)]
+    faces = FaceSet("toy", crops, np.arange(200) % 2, files, [str(i // 2) for i in range(200)], ())
+
+    def record(splits) -> dict:
+        return {
+            part: {"toy": [file.removeprefix("/data/") for file in getattr(splits, part)["toy"].files]}
+            for part in ("train", "validation", "test")
+        }
+
+    # A --no-init run's splits, then another seed's without --keep-in-train: its test holds faces the
+    # first model trained or chose on. Kept in train with that record, none reach the test split.
+    first = record(split_sources({"toy": faces}, seed=1))
+    other = split_sources({"toy": faces}, seed=2)
+    expected = sum(
+        file.removeprefix("/data/") in first["train"]["toy"] + first["validation"]["toy"]
+        for file in other.test["toy"].files
+    )
+    assert seen_faces_in_test(other, first) == expected > 0
+    kept = {file for part in ("train", "validation") for file in first[part]["toy"]}
+    assert seen_faces_in_test(split_sources({"toy": faces}, seed=2, keep_in_train=kept), first) == 0
+    assert seen_faces_in_test(split_sources({"toy": faces}, seed=1), first) == 0
