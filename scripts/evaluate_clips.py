@@ -319,16 +319,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['false_alarms_per_hour']} false alarms per hour, clip AUC {summary['clip_roc_auc']}",
             file=sys.stderr,
         )
-        by_source = summary["clip_roc_auc_by_real_source"]
-        print(
-            "clip AUC against each source of real clips: "
-            + ", ".join(
-                f"{source} ({entry['real_clips']}) {entry['clip_roc_auc']:.3f}"
-                for source, entry in by_source.items()
-                if entry["clip_roc_auc"] is not None
-            ),
-            file=sys.stderr,
-        )
+        by_source = [
+            f"{source} ({entry['real_clips']}) {entry['clip_roc_auc']:.3f}"
+            for source, entry in summary["clip_roc_auc_by_real_source"].items()
+            if entry["clip_roc_auc"] is not None
+        ]
+        if by_source:
+            print("clip AUC against each source of real clips: " + ", ".join(by_source), file=sys.stderr)
     else:
         print(text)
     return 0
