@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         seen_faces_in_test,
         split_sources,
         train,
+        trained_or_chosen_on,
     )
     from stream_detector.training.metrics import real_score_at_false_alarm_rate
 
@@ -423,10 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.keep_in_train:
         if not arguments.keep_in_train.is_file():
             raise StreamDetectorError(f"--keep-in-train: no training record at {arguments.keep_in_train}")
-        earlier = json.loads(arguments.keep_in_train.read_text())["splits"]
-        keep = {
-            file for part in ("train", "validation") for files in earlier[part].values() for file in files
-        }
+        keep = trained_or_chosen_on(json.loads(arguments.keep_in_train.read_text())["splits"])
         print(
             f"keep in train: {len(keep)} files an earlier model trained or chose on ({arguments.keep_in_train})"
         )

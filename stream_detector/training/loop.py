@@ -68,15 +68,20 @@ def split_sources(sources: dict[str, FaceSet], seed: int, keep_in_train: set[str
     return Splits(train, validation, test)
 
 
-def seen_faces_in_test(splits: Splits, earlier_splits: dict) -> int:
-    """How many faces an earlier record's model trained or chose on (its train and validation lists)
-    the new splits put in test. A start model must have seen none of them; sharing its validation
-    faces is how a continued line (v2 to v5) keeps choosing on the same faces."""
-    from stream_detector.training.dataset import in_file_list
-
-    seen = {
+def trained_or_chosen_on(earlier_splits: dict) -> set[str]:
+    """The files of a training record's train and validation lists (its "splits"): what its model saw."""
+    return {
         file for part in ("train", "validation") for files in earlier_splits[part].values() for file in files
     }
+
+
+def seen_faces_in_test(splits: Splits, earlier_splits: dict) -> int:
+    """How many faces an earlier record's model trained or chose on the new splits put in test. A
+    start model must have seen none of them; sharing its validation faces is how a continued line
+    (v2 to v5) keeps choosing on the same faces."""
+    from stream_detector.training.dataset import in_file_list
+
+    seen = trained_or_chosen_on(earlier_splits)
     return sum(in_file_list(file, seen) for faces in splits.test.values() for file in faces.files)
 
 
