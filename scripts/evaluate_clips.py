@@ -73,7 +73,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fake-enter",
         type=float,
-        help="FAKE threshold to evaluate (default: the one recorded for the scoring)",
+        help="FAKE threshold to evaluate (default: the one recorded for the scoring beside the model, "
+        "--model-dir's training.json, else the shipped model's)",
     )
     parser.add_argument(
         "--choose-threshold",
@@ -228,7 +229,7 @@ def plot_clip_scores(entries: list[dict], threshold: float, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     from stream_detector.pipeline.engine import EngineSettings, build_engine
-    from stream_detector.pipeline.smoothing import SmootherSettings, live_threshold
+    from stream_detector.pipeline.smoothing import SmootherSettings
     from stream_detector.scan.report import scan_video
 
     clips = find_clips(arguments.videos or [DEFAULT_VIDEOS])
@@ -241,9 +242,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"--choose-threshold needs the training record: {arguments.record} not found"
             )
     # The threshold recorded for the scoring measured, unless one is given.
-    smoothing = SmootherSettings(fake_enter=live_threshold(arguments.mirror_average))
+    fake_enter, fake_enter_from = recorded_threshold(arguments.model_dir, arguments.mirror_average)
     if arguments.fake_enter is not None:
-        smoothing = replace(smoothing, fake_enter=arguments.fake_enter)
+        fake_enter, fake_enter_from = arguments.fake_enter, "--fake-enter"
+    elif arguments.model_dir and fake_enter_from == SHIPPED_THRESHOLD and not arguments.choose_threshold:
+        print(
+            f"note: {arguments.model_dir} records no live threshold for this scoring; the shipped "
+            f"model's {fake_enter} judges it (--choose-threshold records one)",
+            file=sys.stderr,
+        )
+    smoothing = SmootherSettings(fake_enter=fake_enter)
     settings = EngineSettings(
         backend=arguments.backend,
         mirror_average=arguments.mirror_average,
@@ -300,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "model": engine.backend,
         "fake_enter": settings.smoothing.fake_enter,
+        "fake_enter_from": fake_enter_from,
         "rule": "clip score = highest max smoothed p(fake) of its tracks; verdicts by scan's rule",
         "seconds": round(time.monotonic() - started, 1),
         "reported": summarise(reported),
@@ -369,6 +378,27 @@ def validation_face_threshold(record_path: Path, faces_root: Path, classifier, c
     if real_scores.size == 0:
         raise StreamDetectorError(f"--choose-threshold: no real validation faces found under {faces_root}")
     return real_score_at_false_alarm_rate(real_scores)
+
+
+SHIPPED_THRESHOLD = "the shipped model's (stream_detector.pipeline.smoothing)"
+
+
+def recorded_threshold(model_dir: Path | None, mirror_average: bool) -> tuple[float, str]:
+    """The live FAKE threshold for a model and scoring, and where it came from: the one
+    --choose-threshold recorded in the training record beside the model (--model-dir), since a
+    threshold belongs to the scores it was chosen on; else the shipped model's."""
+    from stream_detector.pipeline.smoothing import live_threshold
+
+    key = "live_threshold" if mirror_average else "live_threshold_without_mirror"
+    record_path = Path(model_dir) / "training.json" if model_dir is not None else None
+    if record_path is not None and record_path.is_file():
+        try:
+            entry = json.loads(record_path.read_text()).get(key)
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+            raise StreamDetectorError(f"{record_path}: not a training record ({error})") from None
+        if isinstance(entry, dict) and isinstance(entry.get("fake_enter"), (int, float)):
+            return float(entry["fake_enter"]), f"{record_path} ({key})"
+    return live_threshold(mirror_average), SHIPPED_THRESHOLD
 
 
 def record_threshold(

@@ -436,12 +436,23 @@ def main(argv: list[str] | None = None) -> int:
     if start_record and start_record.is_file() and not arguments.reference:
         # --keep-in-train defaults to v0.3's record: a start model trained on other splits (a --no-init
         # run's) would otherwise have seen faces the test split reports on.
-        start_splits = json.loads(start_record.read_text()).get("splits")
+        start_data = json.loads(start_record.read_text())
+        start_splits = start_data.get("splits")
         seen = seen_faces_in_test(splits, start_splits) if start_splits else 0
         if seen:
             raise StreamDetectorError(
                 f"--init-from {arguments.init_from}: {seen} test faces of these splits were trained or "
                 f"chosen on by that model ({start_record}); pass --keep-in-train {start_record}"
+            )
+        # A constant output satisfies the consistency pull at once: a start trained without the term,
+        # pulled from the first step, fell to the prior within an epoch (model card, Experiments,
+        # "Self-blends first, then the swaps"). v3 from v2 ramped it in over the second half.
+        start_weight = start_data.get("schedule", {}).get("consistency_weight")
+        if start_weight == 0 and arguments.consistency_weight > 0 and ramp_start == 0:
+            print(
+                f"warning: {start_record} trained without the consistency term and this run pulls from "
+                "its first step (a run like it fell to the prior in one epoch); --consistency-ramp 0.5 "
+                "0.75 trains plain batches first"
             )
     unknown = set(arguments.without_fakes_of) - set(sources)
     if unknown:

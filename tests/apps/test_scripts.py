@@ -460,3 +460,46 @@ def test_train_refuses_a_start_model_that_saw_faces_of_its_test_split(tmp_path):
     start_record = tmp_path / "start" / "training.json"
     with pytest.raises(StreamDetectorError, match=f"test faces .* pass --keep-in-train {start_record}"):
         load_script("train").main([*arguments, "--keep-in-train", str(tmp_path / "other.json")])
+
+
+def test_train_warns_when_a_start_without_twins_is_pulled_from_the_first_step(tmp_path, capsys):
+    import json
+
+    make_set(tmp_path / "data" / "toy", real=20, fake=20, size=64)
+    (tmp_path / "start").mkdir()
+    (tmp_path / "start" / "detector.keras").write_bytes(b"")  # stops the run once the warning is due
+    empty = {"train": {}, "validation": {}, "test": {}}
+    record = tmp_path / "start" / "training.json"
+    record.write_text(json.dumps({"splits": empty, "schedule": {"consistency_weight": 0.0}}))
+    (tmp_path / "other.json").write_text(json.dumps({"splits": empty}))
+    arguments = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-progress"]
+    arguments += ["--cache", str(tmp_path / "cache"), "--keep-in-train", str(tmp_path / "other.json")]
+    arguments += ["--init-from", str(tmp_path / "start" / "detector.keras"), "--no-self-blend"]
+    printed = {}
+    for name, ramp in (("from the first step", ["0", "0"]), ("ramped", ["0.5", "0.75"])):
+        with pytest.raises(StreamDetectorError):
+            load_script("train").main([*arguments, "--consistency-ramp", *ramp])
+        printed[name] = capsys.readouterr().out
+    assert f"warning: {record} trained without the consistency term" in printed["from the first step"]
+    assert "warning:" not in printed["ramped"]
+
+
+def test_evaluate_clips_judges_a_model_by_the_threshold_recorded_beside_it(tmp_path):
+    import json
+
+    from stream_detector.pipeline.smoothing import live_threshold
+
+    evaluate_clips = load_script("evaluate_clips")
+    record = tmp_path / "training.json"
+    record.write_text(json.dumps({"live_threshold": {"fake_enter": 0.793}}))
+    # Mirror-averaged scoring: the model's own threshold; plain scoring has none recorded, so the
+    # shipped model's plain threshold, and it says so.
+    assert evaluate_clips.recorded_threshold(tmp_path, True) == (0.793, f"{record} (live_threshold)")
+    assert evaluate_clips.recorded_threshold(tmp_path, False) == (
+        live_threshold(False),
+        evaluate_clips.SHIPPED_THRESHOLD,
+    )
+    assert evaluate_clips.recorded_threshold(None, True)[0] == live_threshold(True)
+    record.write_text("{not json")
+    with pytest.raises(StreamDetectorError, match="not a training record"):
+        evaluate_clips.recorded_threshold(tmp_path, True)
