@@ -436,7 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     if start_record and start_record.is_file() and not arguments.reference:
         # --keep-in-train defaults to v0.3's record: a start model trained on other splits (a --no-init
         # run's) would otherwise have seen faces the test split reports on.
-        start_data = json.loads(start_record.read_text())
+        try:
+            start_data = json.loads(start_record.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise StreamDetectorError(
+                f"--init-from: {start_record} is not a training record ({error})"
+            ) from None
         start_splits = start_data.get("splits")
         seen = seen_faces_in_test(splits, start_splits) if start_splits else 0
         if seen:

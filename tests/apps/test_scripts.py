@@ -485,6 +485,9 @@ def test_train_warns_when_a_start_without_twins_is_pulled_from_the_first_step(tm
         printed[name] = capsys.readouterr().out
     assert f"warning: {record} trained without the consistency term" in printed["from the first step"]
     assert "warning:" not in printed["ramped"]
+    record.write_text("{cut short")
+    with pytest.raises(StreamDetectorError, match=f"--init-from: {record} is not a training record"):
+        load_script("train").main(arguments)
 
 
 def test_evaluate_clips_judges_a_model_by_the_threshold_recorded_beside_it(tmp_path):
