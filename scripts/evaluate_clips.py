@@ -385,20 +385,18 @@ SHIPPED_THRESHOLD = "the shipped model's (stream_detector.pipeline.smoothing)"
 
 def recorded_threshold(model_dir: Path | None, mirror_average: bool) -> tuple[float, str]:
     """The live FAKE threshold for a model and scoring, and where it came from: the one
-    --choose-threshold recorded in the training record beside the model (--model-dir), since a
-    threshold belongs to the scores it was chosen on; else the shipped model's."""
-    from stream_detector.pipeline.smoothing import live_threshold
+    --choose-threshold recorded beside the model (--model-dir's training.json), else the shipped
+    model's (pipeline.smoothing.recorded_live_threshold, which the daemon's config reads too)."""
+    from stream_detector.pipeline.smoothing import recorded_live_threshold
 
+    try:
+        threshold, record_path = recorded_live_threshold(model_dir, mirror_average)
+    except ValueError as error:
+        raise StreamDetectorError(str(error)) from None
+    if record_path is None:
+        return threshold, SHIPPED_THRESHOLD
     key = "live_threshold" if mirror_average else "live_threshold_without_mirror"
-    record_path = Path(model_dir) / "training.json" if model_dir is not None else None
-    if record_path is not None and record_path.is_file():
-        try:
-            entry = json.loads(record_path.read_text()).get(key)
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-            raise StreamDetectorError(f"{record_path}: not a training record ({error})") from None
-        if isinstance(entry, dict) and isinstance(entry.get("fake_enter"), (int, float)):
-            return float(entry["fake_enter"]), f"{record_path} ({key})"
-    return live_threshold(mirror_average), SHIPPED_THRESHOLD
+    return threshold, f"{record_path} ({key})"
 
 
 def record_threshold(

@@ -23,7 +23,7 @@ from stream_detector.daemon.events import EventPolicy, WebhookPolicy
 from stream_detector.daemon.mqtt import MqttConfig, MqttSettings
 from stream_detector.errors import ConfigError
 from stream_detector.pipeline.engine import EngineSettings
-from stream_detector.pipeline.smoothing import SmootherSettings, live_threshold
+from stream_detector.pipeline.smoothing import SmootherSettings, recorded_live_threshold
 from stream_detector.pipeline.tracking import TrackerSettings
 from stream_detector.settings import Setting, declared_settings, setting
 
@@ -506,10 +506,13 @@ def _cluster(table: _Table) -> ClusterConfig | None:
     return config
 
 
-def daemon_engine_defaults(mirror_average: bool | None = None) -> EngineSettings:
+def daemon_engine_defaults(
+    mirror_average: bool | None = None, model_dir: str | None = None
+) -> EngineSettings:
     """The engine's own defaults, except the classification rate (the daemon's cost per camera is set
     by process_hz, and classifying every processed frame at that rate is what it is sized for), and the
-    FAKE threshold recorded for the scoring in use: the engine's default scoring unless the config says.
+    FAKE threshold recorded for the scoring in use (the engine's default scoring unless the config says)
+    and for the model: the one recorded beside a configured model_dir, else the shipped model's.
     (Mirror averaging fits 8 cameras at 5 Hz on 2 cores with the full-integer int8 file:
     docs/benchmarks.md.)"""
     if mirror_average is None:
@@ -518,13 +521,16 @@ def daemon_engine_defaults(mirror_average: bool | None = None) -> EngineSettings
         EngineSettings(),
         classify_hz=DAEMON_CLASSIFY_HZ,
         mirror_average=mirror_average,
-        smoothing=SmootherSettings(fake_enter=live_threshold(mirror_average)),
+        smoothing=SmootherSettings(fake_enter=recorded_live_threshold(model_dir, mirror_average)[0]),
     )
 
 
 def _engine(table: _Table) -> EngineSettings:
     engine_values = read_declared(table, EngineSettings, daemon_engine_defaults())
-    defaults = daemon_engine_defaults(engine_values["mirror_average"])
+    try:
+        defaults = daemon_engine_defaults(engine_values["mirror_average"], engine_values["model_dir"])
+    except ValueError as error:
+        raise table.error("model_dir", str(error)) from None
     smoothing_table = table.table("smoothing")
     try:
         smoothing = SmootherSettings(**read_declared(smoothing_table, SmootherSettings, defaults.smoothing))

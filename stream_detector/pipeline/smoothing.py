@@ -22,8 +22,10 @@ appearance to its first REAL or FAKE state (None until it has one).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from stream_detector.pipeline.types import TrackedFace, Verdict, VerdictState
 from stream_detector.settings import setting
@@ -41,6 +43,25 @@ LIVE_THRESHOLD_WITHOUT_MIRROR = 0.886
 def live_threshold(mirror_average: bool) -> float:
     """The recorded live FAKE threshold for a scoring (EngineSettings.mirror_average)."""
     return LIVE_THRESHOLD_MIRROR_AVERAGED if mirror_average else LIVE_THRESHOLD_WITHOUT_MIRROR
+
+
+def recorded_live_threshold(model_dir: str | Path | None, mirror_average: bool) -> tuple[float, Path | None]:
+    """The live FAKE threshold for the model in ``model_dir`` and a scoring, and the record it came
+    from: the one scripts/evaluate_clips.py --choose-threshold wrote in the training record beside
+    the model (training.json), since a threshold belongs to the scores it was chosen on. Where that
+    folder records none (or no folder is given): the shipped model's, and None. A record that does
+    not parse: ValueError naming it."""
+    key = "live_threshold" if mirror_average else "live_threshold_without_mirror"
+    record_path = Path(model_dir) / "training.json" if model_dir else None
+    if record_path is not None and record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{record_path}: not a training record ({error})") from None
+        entry = record.get(key) if isinstance(record, dict) else None
+        if isinstance(entry, dict) and isinstance(entry.get("fake_enter"), (int, float)):
+            return float(entry["fake_enter"]), record_path
+    return live_threshold(mirror_average), None
 
 
 @dataclass(frozen=True)

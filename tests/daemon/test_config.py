@@ -94,6 +94,25 @@ def test_the_fake_threshold_follows_the_scoring_unless_given(
     assert f"mirror averaging {'on' if mirror_average else 'off'}, FAKE at a smoothed {fake_enter:g}" in shown
 
 
+def test_the_fake_threshold_follows_the_model_in_model_dir(tmp_path):
+    import json
+
+    from stream_detector.pipeline.smoothing import live_threshold
+
+    # Another model's folder, with the threshold --choose-threshold recorded for mirror averaging only.
+    (tmp_path / "training.json").write_text(json.dumps({"live_threshold": {"fake_enter": 0.793}}))
+    engine = f'[engine]\nmodel_dir = "{tmp_path}"\n'
+    assert parse_config(engine + MINIMAL, environment={}).engine.smoothing.fake_enter == 0.793
+    # No threshold recorded for plain scores: the shipped model's; a given fake_enter still wins.
+    plain = parse_config(engine + "mirror_average = false\n" + MINIMAL, environment={})
+    assert plain.engine.smoothing.fake_enter == live_threshold(False)
+    given = parse_config(engine + "[engine.smoothing]\nfake_enter = 0.9\n" + MINIMAL, environment={})
+    assert given.engine.smoothing.fake_enter == 0.9
+    (tmp_path / "training.json").write_text("{cut short")
+    with pytest.raises(ConfigError, match="model_dir.*not a training record"):
+        parse_config(engine + MINIMAL, environment={})
+
+
 def test_full_config_reads_every_section_and_substitutes_secrets():
     config = parse_config(FULL, environment=ENVIRONMENT)
     door, yard, attic = config.cameras
