@@ -229,7 +229,7 @@ def plot_clip_scores(entries: list[dict], threshold: float, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     from stream_detector.pipeline.engine import EngineSettings, build_engine
-    from stream_detector.pipeline.smoothing import SmootherSettings
+    from stream_detector.pipeline.smoothing import SmootherSettings, live_threshold_key
     from stream_detector.scan.report import scan_video
 
     clips = find_clips(arguments.videos or [DEFAULT_VIDEOS])
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if short_engine is not None:
             short_engine.close()
     if arguments.choose_threshold:
-        key = "live_threshold" if arguments.mirror_average else "live_threshold_without_mirror"
+        key = live_threshold_key(arguments.mirror_average)
         return record_threshold(arguments.record, entries, engine.backend, face_threshold, key)
     reported = [entry for entry in entries if not entry["validation"]]
     result = {
@@ -387,7 +387,7 @@ def recorded_threshold(model_dir: Path | None, mirror_average: bool) -> tuple[fl
     """The live FAKE threshold for a model and scoring, and where it came from: the one
     --choose-threshold recorded beside the model (--model-dir's training.json), else the shipped
     model's (pipeline.smoothing.recorded_live_threshold, which the daemon's config reads too)."""
-    from stream_detector.pipeline.smoothing import recorded_live_threshold
+    from stream_detector.pipeline.smoothing import live_threshold_key, recorded_live_threshold
 
     try:
         threshold, record_path = recorded_live_threshold(model_dir, mirror_average)
@@ -395,8 +395,7 @@ def recorded_threshold(model_dir: Path | None, mirror_average: bool) -> tuple[fl
         raise StreamDetectorError(str(error)) from None
     if record_path is None:
         return threshold, SHIPPED_THRESHOLD
-    key = "live_threshold" if mirror_average else "live_threshold_without_mirror"
-    return threshold, f"{record_path} ({key})"
+    return threshold, f"{record_path} ({live_threshold_key(mirror_average)})"
 
 
 def record_threshold(

@@ -438,10 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         # run's) would otherwise have seen faces the test split reports on.
         try:
             start_data = json.loads(start_record.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except ValueError as error:  # JSON or UTF-8 that does not decode
             raise StreamDetectorError(
                 f"--init-from: {start_record} is not a training record ({error})"
             ) from None
+        if not isinstance(start_data, dict) or not isinstance(start_data.get("schedule", {}), dict):
+            raise StreamDetectorError(f"--init-from: {start_record} is not a training record (not an object)")
         start_splits = start_data.get("splits")
         seen = seen_faces_in_test(splits, start_splits) if start_splits else 0
         if seen:

@@ -45,13 +45,18 @@ def live_threshold(mirror_average: bool) -> float:
     return LIVE_THRESHOLD_MIRROR_AVERAGED if mirror_average else LIVE_THRESHOLD_WITHOUT_MIRROR
 
 
+def live_threshold_key(mirror_average: bool) -> str:
+    """The training record's key for the live threshold of a scoring (evaluate_clips.py writes it)."""
+    return "live_threshold" if mirror_average else "live_threshold_without_mirror"
+
+
 def recorded_live_threshold(model_dir: str | Path | None, mirror_average: bool) -> tuple[float, Path | None]:
     """The live FAKE threshold for the model in ``model_dir`` and a scoring, and the record it came
     from: the one scripts/evaluate_clips.py --choose-threshold wrote in the training record beside
     the model (training.json), since a threshold belongs to the scores it was chosen on. Where that
     folder records none (or no folder is given): the shipped model's, and None. A record that does
     not parse: ValueError naming it."""
-    key = "live_threshold" if mirror_average else "live_threshold_without_mirror"
+    key = live_threshold_key(mirror_average)
     record_path = Path(model_dir) / "training.json" if model_dir else None
     if record_path is not None and record_path.is_file():
         try:
