@@ -35,7 +35,7 @@ class SetFigures:
     name: str
     images: int
     roc_auc: float
-    ece: float
+    ece: float | None
     flips: dict[str, float] | None
 
 
@@ -62,7 +62,7 @@ def set_figures(name: str, entry: dict) -> SetFigures:
         name=name,
         images=int(entry.get("images", entry.get("count", 0))),
         roc_auc=float(entry["roc_auc"]),
-        ece=float(entry.get("ece", float("nan"))),
+        ece=None if entry.get("ece") is None else float(entry["ece"]),
         flips=flips,
     )
 

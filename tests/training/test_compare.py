@@ -83,6 +83,13 @@ def test_without_robustness_the_flip_figures_are_absent_not_zero():
     assert result["mean_sharpness_flip"]["candidate"] is None
     assert result["mean_sharpness_flip"]["difference"] is None
     assert result["sets"]["dfdc"]["flips"]["blur2"]["candidate"] is None
+    # A report without an ECE (an older one) gives no figure rather than NaN in the JSON.
+    bare = report(dfdc={"images": 10, "roc_auc": 0.6})
+    assert compare(report_figures(bare, "c"), report_figures(bare, "b"))["sets"]["dfdc"]["ece"] == {
+        "candidate": None,
+        "baseline": None,
+        "difference": None,
+    }
 
 
 def test_differing_scorings_are_listed_and_differing_splits_refused():
