@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         record_path = arguments.training_record or arguments.model.parent / "training.json"
         if not record_path.is_file():
             raise StreamDetectorError(f"--split needs the training record: {record_path} not found")
-        record = json.loads(record_path.read_text())
+        from stream_detector.training.dataset import read_training_record
+
+        record = read_training_record(record_path, "--split")
         split_files = {source: set(files) for source, files in record["splits"][arguments.split].items()}
     predictor = Predictor(arguments.model, mirror_average=arguments.mirror_average)
     conditions = CONDITIONS if arguments.robustness else {"clean": None}

@@ -349,10 +349,10 @@ def validation_face_threshold(record_path: Path, faces_root: Path, classifier, c
 
     from stream_detector.pipeline.classifier import classify_in_batches
     from stream_detector.pipeline.crops import CROP_SIZE
-    from stream_detector.training.dataset import load_listed_faces, resize_crop
+    from stream_detector.training.dataset import load_listed_faces, read_training_record, resize_crop
     from stream_detector.training.metrics import real_score_at_false_alarm_rate
 
-    splits = json.loads(record_path.read_text()).get("splits", {}).get("validation")
+    splits = read_training_record(record_path, "--choose-threshold").get("splits", {}).get("validation")
     if not splits:
         raise StreamDetectorError(f"--choose-threshold: {record_path} lists no validation split")
     scores = []
@@ -409,7 +409,9 @@ def record_threshold(
     record under ``key`` (one per scoring: pipeline/smoothing.py's LIVE_THRESHOLD_* constants).
     ``face_threshold``: the real validation faces' 1 %-false-alarm score with this scoring
     (validation_face_threshold)."""
-    record = json.loads(record_path.read_text())
+    from stream_detector.training.dataset import read_training_record
+
+    record = read_training_record(record_path, "--choose-threshold")
     highest = max((entry["max_p_smoothed"] or 0.0) for entry in entries)
     # Rounded up, never to the nearest: a threshold rounded down would sit under the score it must not
     # be below (v2's faces gave 0.80124, which rounds to 0.801).

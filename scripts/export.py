@@ -59,18 +59,21 @@ def main(argv: list[str] | None = None) -> int:
 def training_crops(folders: list[Path], record_path: Path) -> list:
     """RGB crops of the training-split files of ``folders`` (the record's ``splits.train``), whole images
     as the DFDC crops are filed; a folder the record does not list is refused."""
-    import json
-
     import cv2
 
     from stream_detector.errors import StreamDetectorError
-    from stream_detector.training.dataset import decode_image, in_file_list, list_images
+    from stream_detector.training.dataset import (
+        decode_image,
+        in_file_list,
+        list_images,
+        read_training_record,
+    )
 
     if not record_path.is_file():
         raise StreamDetectorError(
             f"--calibration-data needs the training record beside the model: {record_path}"
         )
-    splits = json.loads(record_path.read_text())["splits"]["train"]
+    splits = read_training_record(record_path, "--calibration-data")["splits"]["train"]
     crops = []
     for folder in folders:
         if not folder.is_dir():

@@ -369,7 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         fit_platt_scaling,
         fold_platt_scaling,
     )
-    from stream_detector.training.dataset import FAKE_CLASS_JPEG_QUALITY, load_face_set, relative_name
+    from stream_detector.training.dataset import (
+        FAKE_CLASS_JPEG_QUALITY,
+        load_face_set,
+        read_training_record,
+        relative_name,
+    )
     from stream_detector.training.loop import (
         AugmentedBatches,
         Schedule,
@@ -424,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.keep_in_train:
         if not arguments.keep_in_train.is_file():
             raise StreamDetectorError(f"--keep-in-train: no training record at {arguments.keep_in_train}")
-        keep = trained_or_chosen_on(json.loads(arguments.keep_in_train.read_text())["splits"])
+        keep = trained_or_chosen_on(
+            read_training_record(arguments.keep_in_train, "--keep-in-train")["splits"]
+        )
         print(
             f"keep in train: {len(keep)} files an earlier model trained or chose on ({arguments.keep_in_train})"
         )
@@ -436,14 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     if start_record and start_record.is_file() and not arguments.reference:
         # --keep-in-train defaults to v0.3's record: a start model trained on other splits (a --no-init
         # run's) would otherwise have seen faces the test split reports on.
-        try:
-            start_data = json.loads(start_record.read_text())
-        except ValueError as error:  # JSON or UTF-8 that does not decode
+        start_data = read_training_record(start_record, "--init-from")
+        if not isinstance(start_data.get("schedule", {}), dict):
             raise StreamDetectorError(
-                f"--init-from: {start_record} is not a training record ({error})"
-            ) from None
-        if not isinstance(start_data, dict) or not isinstance(start_data.get("schedule", {}), dict):
-            raise StreamDetectorError(f"--init-from: {start_record} is not a training record (not an object)")
+                f"--init-from: {start_record} is not a training record (its schedule is not an object)"
+            )
         start_splits = start_data.get("splits")
         seen = seen_faces_in_test(splits, start_splits) if start_splits else 0
         if seen:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import logging
 import pickle
 from collections.abc import Iterable
@@ -71,6 +72,20 @@ class FaceSet:
             self.no_face_files,
             self.unreadable_files,
         )
+
+
+def read_training_record(path: Path, role: str) -> dict:
+    """A training record (train.py's training.json) as read by the scripts that follow it: a file that
+    does not decode, or decodes to something other than an object, is one line naming ``role`` (the
+    option that led to it) and the file, never a JSON traceback. Whether the file exists each caller
+    checks first, in its own words."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:  # unreadable, not UTF-8, not JSON
+        raise StreamDetectorError(f"{role}: {path} is not a training record ({error})") from None
+    if not isinstance(record, dict):
+        raise StreamDetectorError(f"{role}: {path} is not a training record (not an object)")
+    return record
 
 
 def find_class_folders(root: Path) -> list[Path]:

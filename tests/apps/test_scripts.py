@@ -118,6 +118,21 @@ def test_missing_and_corrupt_model(evaluate, tmp_path):
         evaluate.main(["--data", str(tmp_path), "--model", str(tmp_path / "bad.tflite")])
 
 
+def test_a_training_record_that_does_not_decode_is_one_line_naming_it(evaluate, tmp_path):
+    make_set(tmp_path / "set")
+    arguments = ["--data", str(tmp_path / "set"), "--split", "test", "--model", str(tmp_path / "m.tflite")]
+    for content, reason in (("{", "Expecting"), ("[1, 2]", "not an object")):
+        (tmp_path / "training.json").write_text(content)
+        with pytest.raises(
+            StreamDetectorError, match=f"--split: .*training.json is not a training record .*{reason}"
+        ):
+            evaluate.main([*arguments, "--training-record", str(tmp_path / "training.json")])
+    # The same reader serves export.py's --calibration-data, evaluate_clips.py's --choose-threshold and
+    # train.py's --keep-in-train and --init-from.
+    with pytest.raises(StreamDetectorError, match="--calibration-data: .*not a training record"):
+        load_script("export").training_crops([tmp_path / "set"], tmp_path / "training.json")
+
+
 def test_train_refuses_a_folder_without_classes(tmp_path):
     with pytest.raises(StreamDetectorError, match="no real/ and fake/"):
         load_script("train").main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
