@@ -204,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         record_path = arguments.training_record or arguments.model.parent / "training.json"
         if not record_path.is_file():
             raise StreamDetectorError(f"--split needs the training record: {record_path} not found")
-        from stream_detector.training.dataset import read_training_record
+        from stream_detector.training.dataset import read_record_splits
 
-        record = read_training_record(record_path, "--split")
-        split_files = {source: set(files) for source, files in record["splits"][arguments.split].items()}
+        listed = read_record_splits(record_path, "--split", (arguments.split,))[arguments.split]
+        split_files = {source: set(files) for source, files in listed.items()}
     predictor = Predictor(arguments.model, mirror_average=arguments.mirror_average)
     conditions = CONDITIONS if arguments.robustness else {"clean": None}
     report: dict = {

@@ -349,10 +349,10 @@ def validation_face_threshold(record_path: Path, faces_root: Path, classifier, c
 
     from stream_detector.pipeline.classifier import classify_in_batches
     from stream_detector.pipeline.crops import CROP_SIZE
-    from stream_detector.training.dataset import load_listed_faces, read_training_record, resize_crop
+    from stream_detector.training.dataset import load_listed_faces, read_record_splits, resize_crop
     from stream_detector.training.metrics import real_score_at_false_alarm_rate
 
-    splits = read_training_record(record_path, "--choose-threshold").get("splits", {}).get("validation")
+    splits = read_record_splits(record_path, "--choose-threshold", ("validation",))["validation"]
     if not splits:
         raise StreamDetectorError(f"--choose-threshold: {record_path} lists no validation split")
     scores = []

@@ -66,14 +66,14 @@ def training_crops(folders: list[Path], record_path: Path) -> list:
         decode_image,
         in_file_list,
         list_images,
-        read_training_record,
+        read_record_splits,
     )
 
     if not record_path.is_file():
         raise StreamDetectorError(
             f"--calibration-data needs the training record beside the model: {record_path}"
         )
-    splits = read_training_record(record_path, "--calibration-data")["splits"]["train"]
+    splits = read_record_splits(record_path, "--calibration-data", ("train",))["train"]
     crops = []
     for folder in folders:
         if not folder.is_dir():

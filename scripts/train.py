@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     from stream_detector.training.dataset import (
         FAKE_CLASS_JPEG_QUALITY,
         load_face_set,
+        read_record_splits,
         read_training_record,
         relative_name,
     )
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         if not arguments.keep_in_train.is_file():
             raise StreamDetectorError(f"--keep-in-train: no training record at {arguments.keep_in_train}")
         keep = trained_or_chosen_on(
-            read_training_record(arguments.keep_in_train, "--keep-in-train")["splits"]
+            read_record_splits(arguments.keep_in_train, "--keep-in-train", ("train", "validation"))
         )
         print(
             f"keep in train: {len(keep)} files an earlier model trained or chose on ({arguments.keep_in_train})"
@@ -448,7 +449,12 @@ def main(argv: list[str] | None = None) -> int:
             raise StreamDetectorError(
                 f"--init-from: {start_record} is not a training record (its schedule is not an object)"
             )
-        start_splits = start_data.get("splits")
+        # A record whose split lists were stripped (model/experiments/) names no faces to check.
+        start_splits = (
+            read_record_splits(start_record, "--init-from", ("train", "validation"))
+            if "splits" in start_data
+            else None
+        )
         seen = seen_faces_in_test(splits, start_splits) if start_splits else 0
         if seen:
             raise StreamDetectorError(

@@ -88,6 +88,29 @@ def read_training_record(path: Path, role: str) -> dict:
     return record
 
 
+def read_record_splits(path: Path, role: str, parts: tuple[str, ...]) -> dict[str, dict[str, list[str]]]:
+    """The file lists of a training record's ``parts`` (train, validation, test): for each part, the
+    files of each source folder. A record without them, or with lists of the wrong shape (hand-edited,
+    or one whose split lists were stripped for the repository), is one line naming ``role`` and what
+    is missing, never a KeyError in the caller."""
+    record = read_training_record(path, role)
+    splits = record.get("splits")
+    if not isinstance(splits, dict):
+        raise StreamDetectorError(f"{role}: {path} has no split lists (no 'splits' object)")
+    found: dict[str, dict[str, list[str]]] = {}
+    for part in parts:
+        lists = splits.get(part)
+        if not isinstance(lists, dict):
+            raise StreamDetectorError(f"{role}: {path} has no {part} split list")
+        for source, files in lists.items():
+            if not isinstance(files, list) or not all(isinstance(file, str) for file in files):
+                raise StreamDetectorError(
+                    f"{role}: {path}: the {part} list of {source!r} is not a list of file names"
+                )
+        found[part] = lists
+    return found
+
+
 def find_class_folders(root: Path) -> list[Path]:
     """Folders under root (root included) that hold both real/ and fake/, sorted."""
     root = Path(root)

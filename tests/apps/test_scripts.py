@@ -131,6 +131,14 @@ def test_a_training_record_that_does_not_decode_is_one_line_naming_it(evaluate, 
     # train.py's --keep-in-train and --init-from.
     with pytest.raises(StreamDetectorError, match="--calibration-data: .*not a training record"):
         load_script("export").training_crops([tmp_path / "set"], tmp_path / "training.json")
+    # A record that decodes but lists no files of the split asked for (the records in
+    # model/experiments/ have theirs stripped) was a KeyError traceback in each of them.
+    (tmp_path / "training.json").write_text('{"split_sizes": {"test": {"set": 10}}}')
+    with pytest.raises(StreamDetectorError, match="--split: .*training.json has no split lists"):
+        evaluate.main([*arguments, "--training-record", str(tmp_path / "training.json")])
+    (tmp_path / "training.json").write_text('{"splits": {"test": {"set": []}}}')
+    with pytest.raises(StreamDetectorError, match="--calibration-data: .*training.json has no train split"):
+        load_script("export").training_crops([tmp_path / "set"], tmp_path / "training.json")
 
 
 def test_train_refuses_a_folder_without_classes(tmp_path):
@@ -502,6 +510,12 @@ def test_train_warns_when_a_start_without_twins_is_pulled_from_the_first_step(tm
     assert "warning:" not in printed["ramped"]
     record.write_text("{cut short")
     with pytest.raises(StreamDetectorError, match=f"--init-from: {record} is not a training record"):
+        load_script("train").main(arguments)
+    record.write_text(json.dumps({"splits": {"train": {}}}))
+    with pytest.raises(StreamDetectorError, match=f"--init-from: {record} has no validation split list"):
+        load_script("train").main(arguments)
+    (tmp_path / "other.json").write_text(json.dumps({"splits": {"train": {"toy": "real/0.png"}}}))
+    with pytest.raises(StreamDetectorError, match="--keep-in-train: .*the train list of 'toy' is not a list"):
         load_script("train").main(arguments)
 
 

@@ -9,6 +9,7 @@ from stream_detector.training.dataset import (
     find_class_folders,
     list_images,
     native_crop,
+    read_record_splits,
     split_by_group,
 )
 
@@ -101,3 +102,23 @@ def test_a_split_counts_only_its_own_images_without_a_face(tmp_path):
     assert faces.no_face_in(one_split) == 1
     assert faces.no_face_in(None) == 3
     assert faces.no_face_in({"set/fake/elsewhere.png"}) == 0
+
+
+def test_a_record_without_usable_split_lists_is_one_line_naming_what_is_missing(tmp_path):
+    import json
+
+    record = tmp_path / "training.json"
+    good = {"train": {"dfdc": ["real/a.png"]}, "validation": {"dfdc": ["fake/b.png"]}}
+    record.write_text(json.dumps({"splits": good}))
+    assert read_record_splits(record, "--split", ("validation",)) == {"validation": {"dfdc": ["fake/b.png"]}}
+    for content, problem in (
+        # model/experiments/ keeps records with their split lists stripped
+        ({"split_sizes": {"train": {"dfdc": 1}}}, "has no split lists"),
+        ({"splits": ["train"]}, "has no split lists"),
+        ({"splits": {"train": good["train"]}}, "has no validation split list"),
+        ({"splits": {**good, "validation": {"dfdc": "fake/b.png"}}}, "the validation list of 'dfdc'"),
+        ({"splits": {**good, "validation": {"dfdc": [3]}}}, "is not a list of file names"),
+    ):
+        record.write_text(json.dumps(content))
+        with pytest.raises(StreamDetectorError, match=f"^--keep-in-train: .*training.json.*{problem}"):
+            read_record_splits(record, "--keep-in-train", ("train", "validation"))
