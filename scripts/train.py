@@ -24,24 +24,27 @@ from stream_detector.errors import StreamDetectorError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_FACES = REPO.parent / "shared" / "data" / "faces"
-# v5 is v4 continued at the 1.1 crop with the consistency weight halved (model card): these defaults are
-# that run, which starts from v4's weights (model/v4/). v4 was two continuations of v3 (stage 1 kept in
+# v6 is v5 continued for six epochs with three times v5's self-blends and the sharpness consistency twin
+# (model card): these defaults are that run, which starts from v5's weights (model/v5/). v5 was v4
+# continued with the consistency weight halved; v4 two continuations of v3 (stage 1 kept in
 # model/experiments/framing/v4_from_v3/). The faces kept in train are v0.3's, which v2 (and v1) started from:
-# v2's to v5's train, validation and test are the same face for face, and no face v0.3 or a later model
+# v2's to v6's train, validation and test are the same face for face, and no face v0.3 or a later model
 # trained or chose on reaches validation or test.
-INIT_FROM = REPO / "model" / "v4" / "detector.keras"
+INIT_FROM = REPO / "model" / "v5" / "detector.keras"
 KEEP_IN_TRAIN = REPO / "model" / "v0.3" / "training.json"
 # faces/gan-b is never trained on: it is the cross-source check (scripts/evaluate.py).
 DEFAULT_DATA = [DEFAULT_FACES / "ffhq-tpdne", DEFAULT_FACES / "dfdc"]
 # The shipped model's recipe (model/MODEL_CARD.md): sized to finish within 120 minutes on 2 cores
-# (v5: 43.8 minutes in bfloat16; v4's stages 57 and 37). No 112 px stage: v0.3 and v2 learned at 224,
+# (v6: 62.6 minutes in bfloat16 at ~10 min per epoch; v5: 43.8 on a day its epochs took 3.5; v4's
+# stages 57 and 37). No 112 px stage: v0.3 and v2 learned at 224,
 # and v1's 112 px epochs moved it away from what the 224 px inference crop shows (validation 0.684 for v2 against 0.644).
 LOW_EPOCHS = 0
-HIGH_EPOCHS = 12
+# v5: 12; v6 continues it for 6 (the self-blends' share and the sharpness twin below).
+HIGH_EPOCHS = 6
 # 0 runs the whole schedule; a number ends the run after that epoch (v1 was stopped after epoch 6 of
 # its 7 for a session's time: `--low-epochs 5 --high-epochs 2 --stop-after-epoch 6 --learning-rate 3e-4`).
 STOP_AFTER_EPOCH = 0
-# v4's stage 2 and v5 continue a fine-tuned model: half v3's 3e-4.
+# v4's stage 2, v5 and v6 continue a fine-tuned model: half v3's 3e-4.
 LEARNING_RATE = 1.5e-4
 # v3: at 0.5 (v1, v2) the twins did not hold a softened real's score: JPEG-50 turned 9-13 % of DFDC's
 # real validation faces FAKE (model card, Experiments, "Training views left undegraded"), so v3 and v4
@@ -50,9 +53,9 @@ LEARNING_RATE = 1.5e-4
 CONSISTENCY_WEIGHT = 1.0
 # The fractions of training between which the consistency term ramps from off to its weight. v3
 # ramped it in over (0.5, 0.75) from v2; v4 and v5 start from a model that already holds its twins, so
-# it is on from the first step.
+# it is on from the first step (v6 too).
 CONSISTENCY_RAMP = (0.0, 0.0)
-# v1-v5 pull both sides of a pair together (loop.CONSISTENCY_TARGETS; "clean" diverged, model card).
+# v1-v6 pull both sides of a pair together (loop.CONSISTENCY_TARGETS; "clean" diverged, model card).
 CONSISTENCY_TARGET = "both"
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -191,8 +194,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--init-from",
         type=Path,
         default=INIT_FROM,
-        help="start from this .keras model's weights (default: v4's, "
-        "model/v4/, which v5 continued; from scratch the "
+        help="start from this .keras model's weights (default: v5's, "
+        "model/v5/, which v6 continued; from scratch the "
         "network's ReLUs died within an epoch on this data, model card 'Experiments'); --no-init: fresh",
     )
     parser.add_argument("--no-init", dest="init_from", action="store_const", const=None)
@@ -237,17 +240,17 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--twin",
         choices=list(TWINS),
-        default="standard",
-        help="how the consistency twin's sharpness changes: standard (the shipped models': 40 %% of "
-        "twins blurred or scaled down and up), or sharpness (nearly all blurred up to sigma 2.2, "
-        "scaled down and up, or sharpened; stream_detector/training/augment.py)",
+        default="sharpness",
+        help="how the consistency twin's sharpness changes: standard (v1-v5's: 40 %% of twins blurred "
+        "or scaled down and up), or sharpness (v6's: nearly all blurred up to sigma 2.2, scaled down "
+        "and up, or sharpened; stream_detector/training/augment.py)",
     )
     parser.add_argument(
         "--blend-share",
         type=share,
-        default=0.1,
+        default=0.3,
         help="share of the real training faces blended each epoch, and so of the fake class that is "
-        "self-blended (the rest: real fakes); v3: 0.1, v1 and v2: 0.5; at most 1",
+        "self-blended (the rest: real fakes); v6: 0.3, v3-v5: 0.1, v1 and v2: 0.5; at most 1",
     )
     parser.add_argument(
         "--pair-groups",

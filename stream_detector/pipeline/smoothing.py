@@ -36,8 +36,8 @@ from stream_detector.settings import setting
 # "live_threshold_without_mirror" with each crop scored alone. Neither is below the 1 %-false-alarm
 # score of the validation faces scored the same way; tests/pipeline/test_smoothing.py checks both
 # against the record.
-LIVE_THRESHOLD_MIRROR_AVERAGED = 0.845
-LIVE_THRESHOLD_WITHOUT_MIRROR = 0.886
+LIVE_THRESHOLD_MIRROR_AVERAGED = 0.856
+LIVE_THRESHOLD_WITHOUT_MIRROR = 0.885
 
 
 def live_threshold(mirror_average: bool) -> float:

@@ -68,8 +68,8 @@ def test_minimal_config_takes_the_defaults():
 @pytest.mark.parametrize(
     ("engine_lines", "mirror_average", "fake_enter"),
     [
-        ("", True, 0.845),  # the daemon's default, as every command's
-        ("mirror_average = false\n", False, 0.886),  # the threshold follows the scoring...
+        ("", True, 0.856),  # the daemon's default, as every command's
+        ("mirror_average = false\n", False, 0.885),  # the threshold follows the scoring...
         ("mirror_average = false\n[engine.smoothing]\nfake_enter = 0.95\n", False, 0.95),  # ...unless given
         ("[engine.smoothing]\nfake_enter = 0.7\n", True, 0.7),
     ],
