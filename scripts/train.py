@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         load_face_set,
         read_record_splits,
         read_training_record,
+        record_splits,
         relative_name,
     )
     from stream_detector.training.loop import (
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         # A record whose split lists were stripped (model/experiments/) names no faces to check.
         start_splits = (
-            read_record_splits(start_record, "--init-from", ("train", "validation"))
+            record_splits(start_data, start_record, "--init-from", ("train", "validation"))
             if "splits" in start_data
             else None
         )

@@ -93,7 +93,14 @@ def read_record_splits(path: Path, role: str, parts: tuple[str, ...]) -> dict[st
     files of each source folder. A record without them, or with lists of the wrong shape (hand-edited,
     or one whose split lists were stripped for the repository), is one line naming ``role`` and what
     is missing, never a KeyError in the caller."""
-    record = read_training_record(path, role)
+    return record_splits(read_training_record(path, role), path, role, parts)
+
+
+def record_splits(
+    record: dict, path: Path, role: str, parts: tuple[str, ...]
+) -> dict[str, dict[str, list[str]]]:
+    """read_record_splits for a record already read (read_training_record), so a caller that needs
+    other keys of it reads and parses the file once."""
     splits = record.get("splits")
     if not isinstance(splits, dict):
         raise StreamDetectorError(f"{role}: {path} has no split lists (no 'splits' object)")
